@@ -1,0 +1,130 @@
+"""Registration of the fused backends as `torch.library` custom ops.
+
+Every compiled backend provides the same pair of kernels:
+
+* forward: per-sample L_clip and L_boun, whether each sample has a loss, and what the backward
+  needs (the log-sum-exp of the positives, the sum over the chosen negatives, the chosen pair
+  indices);
+* backward: d(loss)/d(emb) from the per-sample upstream gradients, touching only the positive
+  pairs, the chosen negatives and the boundary sets.
+
+`register_fused_backend` wraps such a pair into the custom ops `cliptbp::<name>_fwd` and
+`cliptbp::<name>_bwd` with fake (meta) implementations, so that `torch.compile(fullgraph=True)`
+traces through them, and with autograd formulas. Double backward raises a clear error.
+"""
+
+from typing import Callable, NamedTuple, Tuple
+
+import torch
+from torch import Tensor
+
+POSITIVE_CODES = {"any": 0, "same": 1}
+NEGATIVE_CODES = {"cross": 0, "all": 1}
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 for the others (SPEC.md "Inputs")."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def kcap_for(k: int, T: int) -> int:
+    """Length of the stored top-k list: k, or the number of unordered pairs if smaller."""
+    return min(k, T * (T - 1) // 2) if T > 1 else 0
+
+
+class FusedOps(NamedTuple):
+    forward: Callable
+    backward: Callable
+
+
+_DOUBLE_BACKWARD_MSG = (
+    "cliptbp_kernels: double backward of the fused ClipTBP losses is not supported "
+    "(use backend='reference' if second derivatives are needed)"
+)
+
+
+def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl: Callable) -> FusedOps:
+    """Register `cliptbp::{name}_fwd` / `cliptbp::{name}_bwd` around kernel launchers.
+
+    `fwd_impl(emb, labels, opts) -> (loss_clip, has_clip, loss_boun, has_boun, lse, neg_sum,
+    pairs, inv_norm)` with float64 losses, uint8 flags, float64 lse/neg_sum, int64 pairs
+    [B, kcap] and float64 inverse norms [B, T]; `bwd_impl(emb, labels, opts, grad_clip,
+    grad_boun, has_clip, has_boun, lse, neg_sum, pairs, inv_norm)` returns the gradient in the
+    compute dtype. `opts` is the tuple of scalar options below.
+    """
+    qual = f"cliptbp::{name}"
+
+    @torch.library.custom_op(f"{qual}_fwd", mutates_args=(), device_types=device_types)
+    def fwd(
+        emb: Tensor, labels: Tensor, k: int, tau: float, positives: int, negatives: int,
+        radius: int, margin_max: float, margin_base: float, margin_scale: float,
+        want_clip: bool, want_boun: bool,
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        opts = (k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale,
+                want_clip, want_boun)
+        lc, hc, lb, hb, lse, neg, pairs, inv_norm = fwd_impl(emb, labels, opts)
+        out = compute_dtype(emb.dtype)
+        return lc.to(out), hc.bool(), lb.to(out), hb.bool(), lse, neg, pairs, inv_norm
+
+    @fwd.register_fake
+    def _(emb, labels, k, tau, positives, negatives, radius, margin_max, margin_base,
+          margin_scale, want_clip, want_boun):
+        B, T = emb.shape[0], emb.shape[1]
+        out = compute_dtype(emb.dtype)
+        vec = emb.new_empty((B,), dtype=out)
+        flag = emb.new_empty((B,), dtype=torch.bool)
+        f64 = emb.new_empty((B,), dtype=torch.float64)
+        pairs = emb.new_empty((B, kcap_for(k, T)), dtype=torch.int64)
+        inv_norm = emb.new_empty((B, T), dtype=torch.float64)
+        return vec, flag, vec.clone(), flag.clone(), f64, f64.clone(), pairs, inv_norm
+
+    @torch.library.custom_op(f"{qual}_bwd", mutates_args=(), device_types=device_types)
+    def bwd(
+        grad_clip: Tensor, grad_boun: Tensor, emb: Tensor, labels: Tensor, has_clip: Tensor,
+        has_boun: Tensor, lse: Tensor, neg_sum: Tensor, pairs: Tensor, inv_norm: Tensor,
+        k: int, tau: float,
+        positives: int, negatives: int, radius: int, margin_max: float, margin_base: float,
+        margin_scale: float, want_clip: bool, want_boun: bool,
+    ) -> Tensor:
+        opts = (k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale,
+                want_clip, want_boun)
+        grad = bwd_impl(emb, labels, opts, grad_clip.double().contiguous(),
+                        grad_boun.double().contiguous(), has_clip, has_boun, lse, neg_sum, pairs,
+                        inv_norm)
+        return grad.to(emb.dtype)
+
+    @bwd.register_fake
+    def _(grad_clip, grad_boun, emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm,
+          *opts):
+        return torch.empty_like(emb, memory_format=torch.contiguous_format)
+
+    def setup_context(ctx, inputs, output):
+        emb, labels = inputs[0], inputs[1]
+        _, has_clip, _, has_boun, lse, neg_sum, pairs, inv_norm = output
+        ctx.save_for_backward(emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm)
+        ctx.opts = tuple(inputs[2:])
+        ctx.mark_non_differentiable(has_clip, has_boun, lse, neg_sum, pairs, inv_norm)
+
+    def backward(ctx, grad_clip, _grad_has_clip, grad_boun, *unused):
+        emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return (None,) * 12
+        B = emb.shape[0]
+        if grad_clip is None:
+            grad_clip = emb.new_zeros((B,), dtype=torch.float64)
+        if grad_boun is None:
+            grad_boun = emb.new_zeros((B,), dtype=torch.float64)
+        grad = bwd(grad_clip, grad_boun, emb, labels, has_clip, has_boun, lse, neg_sum, pairs,
+                   inv_norm, *ctx.opts)
+        return (grad,) + (None,) * 11
+
+    fwd.register_autograd(backward, setup_context=setup_context)
+
+    def no_double_backward(ctx, *grads):
+        raise RuntimeError(_DOUBLE_BACKWARD_MSG)
+
+    def bwd_setup(ctx, inputs, output):
+        pass
+
+    bwd.register_autograd(no_double_backward, setup_context=bwd_setup)
+    return FusedOps(fwd, bwd)
