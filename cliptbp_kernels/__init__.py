@@ -1,3 +1,25 @@
-"""cliptbp_kernels: fused ClipTBP losses for video moment retrieval."""
+"""cliptbp_kernels: fused ClipTBP losses for video moment retrieval.
+
+The three losses of ClipTBP (clip-pair contrastive loss with top-k hard negatives, boundary
+margin loss, auxiliary boundary regression loss) as a readable PyTorch reference and as fused
+kernels that never build the T x T similarity matrix. See SPEC.md-derived docs in docs/.
+"""
+
+from ._backends import available_backends
+from .api import boundary_margin_loss, clip_boundary_losses, clip_pair_loss, hard_negative_pairs
+from .aux_loss import boundary_aux_loss
+from .criterion import ClipTBPLoss
+from .labels import windows_to_labels
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ClipTBPLoss",
+    "available_backends",
+    "boundary_aux_loss",
+    "boundary_margin_loss",
+    "clip_boundary_losses",
+    "clip_pair_loss",
+    "hard_negative_pairs",
+    "windows_to_labels",
+]

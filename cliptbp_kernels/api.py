@@ -34,26 +34,32 @@ def _per_sample(emb, labels, backend, *, k, tau, positives, negatives, radius, m
     """(clip_loss, clip_has, boun_loss, boun_has) per sample from the chosen backend."""
     name = _backends.resolve(backend, emb.device)
     if name == "reference":
-        labels = labels.to(torch.int64)
-        if want_clip and want_boun:
-            return reference.clip_boundary_losses(
-                emb, labels, k=k, tau=tau, positives=positives, negatives=negatives,
-                radius=radius, margin_max=margin_max, margin_base=margin_base,
-                margin_scale=margin_scale)
-        if want_clip:
-            lc, hc = reference.clip_pair_losses(emb, labels, k=k, tau=tau, positives=positives,
-                                                negatives=negatives)
-            return lc, hc, None, None
-        lb, hb = reference.boundary_margin_losses(emb, labels, radius=radius,
-                                                  margin_max=margin_max,
-                                                  margin_base=margin_base,
-                                                  margin_scale=margin_scale)
-        return None, None, lb, hb
+        with torch.autocast(emb.device.type, enabled=False):  # SPEC.md: float32 compute
+            return _reference_per_sample(
+                emb, labels.to(torch.int64), k=k, tau=tau, positives=positives,
+                negatives=negatives, radius=radius, margin_max=margin_max,
+                margin_base=margin_base, margin_scale=margin_scale, want_clip=want_clip,
+                want_boun=want_boun)
     ops = _backends.fused_ops(name)
     lc, hc, lb, hb, *_ = ops.forward(
         emb, labels, k, float(tau), POSITIVE_CODES[positives], NEGATIVE_CODES[negatives],
         radius, float(margin_max), float(margin_base), float(margin_scale), want_clip, want_boun)
     return lc, hc, lb, hb
+
+
+def _reference_per_sample(emb, labels, *, k, tau, positives, negatives, radius, margin_max,
+                          margin_base, margin_scale, want_clip, want_boun):
+    if want_clip and want_boun:
+        return reference.clip_boundary_losses(
+            emb, labels, k=k, tau=tau, positives=positives, negatives=negatives, radius=radius,
+            margin_max=margin_max, margin_base=margin_base, margin_scale=margin_scale)
+    if want_clip:
+        lc, hc = reference.clip_pair_losses(emb, labels, k=k, tau=tau, positives=positives,
+                                            negatives=negatives)
+        return lc, hc, None, None
+    lb, hb = reference.boundary_margin_losses(emb, labels, radius=radius, margin_max=margin_max,
+                                              margin_base=margin_base, margin_scale=margin_scale)
+    return None, None, lb, hb
 
 
 def clip_pair_loss(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.07,

@@ -1,0 +1,147 @@
+"""The fused backends as custom ops: opcheck, torch.compile, every output element written,
+and no index overflow at T = 65,536."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import cliptbp_kernels as ck
+from cliptbp_kernels import _backends, _cpu_backend
+from cases import PATTERNS, make_batch, per_sample_value_and_grad
+
+FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
+pytestmark = pytest.mark.skipif(not FUSED, reason="no fused backend built")
+
+# (k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale, want_clip,
+#  want_boun)
+OPTS = [
+    (5, 0.07, 0, 0, 1, 0.3, 0.1, 0.1, True, True),
+    (3, 0.5, 1, 1, 2, 0.3, 0.1, 0.1, True, False),
+    (0, 0.07, 0, 0, 1, 0.3, 0.1, 0.1, False, True),
+]
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("opts", OPTS)
+def test_opcheck_forward(backend, opts):
+    ops = _backends.fused_ops(backend)
+    emb, labels = make_batch(3, 16, 6, list(PATTERNS), seed=1, dtype=torch.float64)
+    emb.requires_grad_(True)
+    torch.library.opcheck(ops.forward, (emb, labels, *opts))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_opcheck_backward(backend):
+    ops = _backends.fused_ops(backend)
+    emb, labels = make_batch(3, 16, 6, list(PATTERNS), seed=2)
+    opts = OPTS[0]
+    out = ops.forward(emb, labels, *opts)
+    g = torch.rand(3)
+    args = (g, g.clone(), emb, labels, out[1], out[3], out[4], out[5], out[6], out[7], *opts)
+    torch.library.opcheck(ops.backward, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_torch_compile_fullgraph(backend):
+    torch._dynamo.reset()
+    emb, labels = make_batch(4, 30, 8, list(PATTERNS), seed=3)
+
+    def step(e, lab):
+        lc, lb = ck.clip_boundary_losses(e, lab, backend=backend, check_labels=False)
+        return 3.0 * lc + 3.0 * lb
+
+    compiled = torch.compile(step, fullgraph=True)
+    e1 = emb.clone().requires_grad_(True)
+    e2 = emb.clone().requires_grad_(True)
+    eager = step(e1, labels)
+    comp = compiled(e2, labels)
+    torch.testing.assert_close(comp, eager, rtol=1e-6, atol=1e-7)
+    eager.backward()
+    comp.backward()
+    torch.testing.assert_close(e2.grad, e1.grad, rtol=1e-6, atol=1e-7)
+    # the criterion module compiles too
+    crit = ck.ClipTBPLoss(backend=backend)
+    out = torch.compile(lambda e, lab: crit(e, lab)["loss"], fullgraph=True)(emb, labels)
+    torch.testing.assert_close(out, crit(emb, labels)["loss"], rtol=1e-6, atol=1e-7)
+
+
+def test_cpu_kernels_write_every_output_element():
+    emb, labels = make_batch(5, 21, 7, list(PATTERNS), seed=4)
+    labels = labels.contiguous()
+    B, T = labels.shape
+    for opts in OPTS:
+        clean = _cpu_backend.forward(emb, labels, opts)
+        poisoned = []
+        for t in clean:
+            p = torch.empty_like(t)
+            if p.dtype.is_floating_point:
+                p.fill_(float("nan"))
+            elif p.dtype == torch.uint8:
+                p.fill_(77)
+            else:
+                p.fill_(-12345)
+            poisoned.append(p)
+        _cpu_backend.forward_into(emb, labels, opts, tuple(poisoned))
+        for a, b in zip(clean, poisoned):
+            assert torch.equal(a, b)
+        # backward into a poisoned gradient buffer
+        grad = torch.full(emb.shape, float("nan"))
+        g = torch.rand(B, dtype=torch.float64)
+        lc, hc, lb, hb, lse, neg, pairs, inv = clean
+        _cpu_backend._ext.backward(
+            *_cpu_backend._view_args(emb, labels), *opts, g.data_ptr(), g.data_ptr(),
+            hc.data_ptr(), hb.data_ptr(), lse.data_ptr(), neg.data_ptr(), pairs.data_ptr(),
+            pairs.shape[1], inv.data_ptr(), grad.data_ptr(), 2)
+        expect = _cpu_backend.backward(emb, labels, opts, g, g, hc.bool(), hb.bool(), lse, neg,
+                                       pairs, inv)
+        assert torch.equal(grad, expect)
+
+
+def test_cpu_long_video_without_index_overflow():
+    # T = 65,536: pair indices i * T + j reach 2^32; a few GT clips near the end
+    T, D, k = 65536, 16, 12
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(1, T, D, generator=g)
+    labels = torch.zeros(1, T, dtype=torch.long)
+    gt = torch.tensor([65500, 65501, 65502, 65530, 65535])
+    labels[0, gt[:3]] = 1
+    labels[0, gt[3:]] = 2
+    labels[0, 1000:1010] = -1
+    e = emb.clone().requires_grad_(True)
+    lc, lb = ck.clip_boundary_losses(e, labels, k=k, backend="cpu", reduction="none")
+    (lc.sum() + lb.sum()).backward()
+    pairs = ck.hard_negative_pairs(emb, labels, k=k, backend="cpu")[0]
+    # expected: GT rows against every valid clip, computed directly (|G| x T, float64)
+    u = torch.nn.functional.normalize(emb[0].double(), dim=-1, eps=1e-8)
+    s = u[gt] @ u.T  # [5, T]
+    valid = labels[0] >= 0
+    cand = []
+    for r, i in enumerate(gt.tolist()):
+        mask = valid.clone()
+        mask[gt] = False  # GT-GT pairs are positives (any)
+        js = mask.nonzero().squeeze(1)
+        for j, v in zip(js.tolist(), s[r, js].tolist()):
+            a, b = min(i, j), max(i, j)
+            cand.append((-v, a, b))
+    cand.sort()
+    expect = torch.tensor([[a, b] for _, a, b in cand[:k]])
+    assert torch.equal(pairs, expect)
+    # the loss from the same pairs
+    # positives="any": every pair of GT clips, whatever their windows
+    spos = torch.stack([s[r, gt[q]] for r in range(5) for q in range(r + 1, 5)]) / 0.07
+    lse = torch.logsumexp(spos, 0)
+    neg = torch.tensor([-v for v, _, _ in cand[:k]], dtype=torch.float64) / 0.07
+    expect_loss = torch.log1p(torch.exp(neg - lse).sum())
+    torch.testing.assert_close(lc[0].double(), expect_loss, rtol=1e-4, atol=1e-6)
+    assert torch.isfinite(e.grad).all()
+    assert (e.grad[0, 1000:1010] == 0).all()
+
+
+def test_auto_backend_prefers_fused_on_cpu():
+    assert _backends.resolve("auto", torch.device("cpu")) == FUSED[0]
+    emb, labels = make_batch(2, 10, 4, ["windows"], seed=5)
+    a = per_sample_value_and_grad("auto", emb, labels)
+    b = per_sample_value_and_grad(FUSED[0], emb, labels)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
