@@ -38,8 +38,8 @@ class FusedOps(NamedTuple):
 
 
 _DOUBLE_BACKWARD_MSG = (
-    "cliptbp_kernels: double backward of the fused ClipTBP losses is not supported "
-    "(use backend='reference' if second derivatives are needed)"
+    "cliptbp_kernels: double backward (second derivatives) of the ClipTBP losses is not "
+    "supported"
 )
 
 

@@ -29,6 +29,26 @@ def _reduce(loss: Tensor, has: Tensor, reduction: str) -> Tensor:
     return total / has.sum().clamp_min(1).to(loss.dtype)
 
 
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on ``emb`` whose backward cannot be differentiated again: the reference gives
+    the same clear error on double backward as the fused backends (SPEC.md)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return grad
+
+
+def _first_order_only(emb: Tensor) -> Tensor:
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and emb.requires_grad):
+        return emb
+    return _FirstOrderOnly.apply(emb)
+
+
 def _per_sample(emb, labels, backend, *, k, tau, positives, negatives, radius, margin_max,
                 margin_base, margin_scale, want_clip, want_boun):
     """(clip_loss, clip_has, boun_loss, boun_has) per sample from the chosen backend."""
@@ -36,7 +56,7 @@ def _per_sample(emb, labels, backend, *, k, tau, positives, negatives, radius, m
     if name == "reference":
         with torch.autocast(emb.device.type, enabled=False):  # SPEC.md: float32 compute
             return _reference_per_sample(
-                emb, labels.to(torch.int64), k=k, tau=tau, positives=positives,
+                _first_order_only(emb), labels.to(torch.int64), k=k, tau=tau, positives=positives,
                 negatives=negatives, radius=radius, margin_max=margin_max,
                 margin_base=margin_base, margin_scale=margin_scale, want_clip=want_clip,
                 want_boun=want_boun)

@@ -58,8 +58,21 @@ def _prepare(emb, labels):
     bad = ~finite.flatten(1).all(dim=1)
     x = torch.where(finite, x, zero)
     u = F.normalize(x, p=2.0, dim=-1, eps=_NORM_EPS)  # v / max(||v||, eps)
-    sim = torch.matmul(u, u.transpose(1, 2))
+    sim = _true_fp32_matmul(u, u.transpose(1, 2))
     return labels, valid, gt, bad, sim
+
+
+def _true_fp32_matmul(a, b):
+    """``a @ b`` with true float32 products on CUDA (SPEC.md: no TF32), whatever the global
+    TF32 setting. Compiled graphs take the setting in force when they are traced."""
+    if not (a.is_cuda and a.dtype == torch.float32) or torch.compiler.is_compiling():
+        return torch.matmul(a, b)
+    flag = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        return torch.matmul(a, b)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = flag
 
 
 def _pair_masks(labels, valid, gt, positives, negatives):

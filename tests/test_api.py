@@ -160,8 +160,31 @@ def test_criterion_weights_and_tensor_basic():
     out = crit(emb, labels, basic=torch.tensor([2.0]))
     lc = ck.clip_pair_loss(emb, labels, k=3, tau=0.2)
     torch.testing.assert_close(out["loss"], 0.5 * 2.0 + lc)
-    assert "loss_aux" not in out
+    assert "loss_aux" not in out and "loss_boun" not in out  # weight 0: not computed
     assert "k=3" in repr(crit)
+    # a NaN in a term whose weight is 0 does not reach the total
+    nan_emb = emb.clone()
+    nan_emb[0, 0, 0] = float("nan")
+    only_boun = ck.ClipTBPLoss(w_clip=0.0, w_aux=0.0)
+    out = only_boun(nan_emb[1:], labels[1:])
+    assert set(out) == {"loss", "loss_boun"}
+    torch.testing.assert_close(out["loss"], 3.0 * ck.boundary_margin_loss(emb[1:], labels[1:]))
+    pred = torch.rand(2, 15, 2)
+    out = only_boun(emb, labels, pred_spans=pred, target_spans=pred)
+    assert "loss_aux" not in out
+
+
+def test_criterion_sum_reduction():
+    emb, labels = make_batch(3, 15, 8, ["windows", "no_gt", "windows"], seed=6)
+    crit = ck.ClipTBPLoss(reduction="sum", w_aux=1.0)
+    pred = torch.rand(3, 15, 2)
+    target = torch.rand(3, 15, 2)
+    out = crit(emb, labels, pred_spans=pred, target_spans=target)
+    lc, lb = ck.clip_boundary_losses(emb, labels, reduction="sum")
+    torch.testing.assert_close(out["loss_clip"], lc)
+    torch.testing.assert_close(out["loss_boun"], lb)
+    torch.testing.assert_close(out["loss_aux"],
+                               ck.boundary_aux_loss(pred, target, reduction="sum"))
 
 
 def test_criterion_bad_input():
@@ -179,6 +202,10 @@ def test_criterion_bad_input():
         crit(emb, labels, basic=1.0)
     with pytest.raises(TypeError, match=r"basic\['x'\] must be a tensor"):
         crit(emb, labels, basic={"x": 1.0})
+    with pytest.raises(ValueError, match="must not have the key 'loss_clip'"):
+        crit(emb, labels, basic={"loss_clip": torch.tensor(1.0)})
+    with pytest.raises(ValueError, match="reduction must be one of"):
+        ck.ClipTBPLoss(reduction="none")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
