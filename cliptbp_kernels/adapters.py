@@ -1,0 +1,505 @@
+"""Adapters: turn a baseline's own outputs and targets into the inputs of `ClipTBPLoss`.
+
+Each function returns a dict that goes straight into the criterion::
+
+    from cliptbp_kernels.adapters import univtg_inputs
+
+    crit = ck.ClipTBPLoss(w_clip=3, w_boun=3, w_aux=2)
+    ck_in = univtg_inputs(outputs, targets)
+    out = crit(**ck_in, basic=losses)        # losses: the baseline's weighted total
+    out["loss"].backward()
+
+* :func:`inputs_from_windows` is the generic form: per-clip embeddings, a validity mask and
+  the ground-truth windows in seconds give the labels; per-clip (start, end) distances
+  predicted from an anchor point of every clip give the spans of the auxiliary loss.
+* :func:`univtg_inputs` reads the UniVTG / Video Mamba Suite layout, :func:`flashvtg_inputs`
+  the FlashVTG layout; both call :func:`inputs_from_windows`.
+* Query-based models (Moment-DETR, TD-DETR, ...) call :func:`inputs_from_windows` with the
+  encoder's video memory and no offsets, and take the auxiliary loss on their
+  Hungarian-matched spans, see :func:`detr_matched_spans`.
+
+The layouts were read from the baselines' own code; ``docs/integrations.md`` names the files.
+Labels follow ``windows_to_labels`` (clip ``i`` takes a window when its centre lies inside),
+which on QVHighlights reproduces ``relevant_clip_ids``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from .labels import windows_to_labels
+
+__all__ = [
+    "detr_matched_spans",
+    "flashvtg_inputs",
+    "inputs_from_windows",
+    "univtg_inputs",
+]
+
+OFFSET_UNITS = ("clips", "seconds", "normalized")
+
+
+# --------------------------------------------------------------------------------------------
+# small checks
+# --------------------------------------------------------------------------------------------
+
+def _require(mapping: object, key: str, where: str) -> object:
+    if not isinstance(mapping, Mapping):
+        raise TypeError(f"{where} must be a dict; got {type(mapping).__name__}")
+    if key not in mapping:
+        raise KeyError(f"{where}[{key!r}] is missing")
+    value = mapping[key]
+    if value is None:
+        raise ValueError(f"{where}[{key!r}] is None")
+    return value
+
+
+def _tensor(value: object, name: str, *, floating: bool = False) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(value).__name__}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating point tensor; got {value.dtype}")
+    return value
+
+
+def _check_shape(t: Tensor, name: str, shape: Tuple[int, ...], layout: str) -> None:
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {layout} = {tuple(shape)}; got {tuple(t.shape)}")
+
+
+def _check_device(t: Tensor, name: str, device: torch.device) -> None:
+    if t.device != device:
+        raise ValueError(f"{name} must be on the device of emb ({device}); got {t.device}")
+
+
+def _plain(x: object) -> object:
+    """Tensors and NumPy arrays to (nested) Python lists; anything else unchanged."""
+    if isinstance(x, Tensor):
+        return x.detach().cpu().tolist()
+    if hasattr(x, "tolist") and not isinstance(x, (list, tuple, str, bytes)):
+        return x.tolist()
+    return x
+
+
+def _is_padding(window: object) -> bool:
+    """``[inf, inf]``: the padding row of FlashVTG's ``extract_relevant_windows``."""
+    window = _plain(window)
+    if not isinstance(window, (list, tuple)) or len(window) != 2:
+        return False
+    try:
+        return all(float(v) == math.inf for v in window)
+    except (TypeError, ValueError):
+        return False
+
+
+def _merge(windows: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
+    """Sort by start, merge a window that starts before the previous one ends (as the labels)."""
+    merged: List[List[float]] = []
+    for st, ed in sorted(windows, key=lambda w: w[0]):
+        if merged and st < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], ed)
+        else:
+            merged.append([st, ed])
+    return [(st, ed) for st, ed in merged]
+
+
+def _snap_half(x: float) -> float:
+    """Snap to the nearest multiple of 1/2 when float32 round-off is the only difference.
+
+    Window boundaries recovered from float32 normalised values (UniVTG's ``span_labels_nn``)
+    are off by ~1e-7 relative; a boundary on a clip centre (a half-integer in clip units)
+    would then fall on the wrong side of the centre test.
+    """
+    r = round(2.0 * x)
+    if abs(2.0 * x - r) <= 1e-6 * max(1.0, abs(2.0 * x)):
+        return r / 2.0
+    return x
+
+
+# --------------------------------------------------------------------------------------------
+# generic
+# --------------------------------------------------------------------------------------------
+
+def inputs_from_windows(
+    emb: Tensor,
+    video_mask: Optional[Tensor],
+    windows_sec: Sequence,
+    clip_len: float,
+    pred_offsets: Optional[Tensor] = None,
+    offset_unit: str = "clips",
+    *,
+    anchor: Union[float, Tensor] = 0.0,
+) -> Dict[str, Tensor]:
+    """`ClipTBPLoss` inputs from per-clip embeddings and ground-truth windows in seconds.
+
+    Args:
+        emb: ``[B, T, D]`` floating, one embedding per clip: the video tokens after the
+            multimodal encoder (returned as is; the gradient of ``L_clip`` / ``L_boun`` flows
+            into it).
+        video_mask: ``[B, T]`` (bool, int or float; nonzero = a real clip, 0 = padding) on the
+            device of ``emb``, or ``None`` when every clip is real. Padding may sit anywhere.
+        windows_sec: one entry per sample, each a (possibly empty) list of ``[start, end]``
+            pairs in seconds (lists, tuples, NumPy arrays or tensors, e.g. the dataset's
+            ``relevant_windows``). Rows ``[inf, inf]`` (FlashVTG's padding) are dropped.
+        clip_len: clip length in seconds; clip ``i`` (row ``i`` of ``emb``) covers
+            ``[i * clip_len, (i + 1) * clip_len)``.
+        pred_offsets: optional ``[B, T, 2]`` floating, on the device of ``emb``: per clip the
+            predicted distances ``(d_start, d_end) >= 0`` from the clip's anchor point to the
+            predicted start and end, in ``offset_unit``; the predicted window of clip ``i``
+            is ``[a_i - d_start, a_i + d_end]``. The gradient of ``L_b_aux`` flows into it.
+        offset_unit: unit of ``pred_offsets``, of a tensor ``anchor`` and of the returned
+            spans: ``"clips"`` (clip lengths), ``"seconds"``, or ``"normalized"`` (fraction of
+            the sample's video length ``n_b * clip_len``, ``n_b`` = its number of real clips).
+        anchor: the anchor ``a_i`` of clip ``i``. A number ``c`` puts it at ``i + c`` clips
+            (``0.0``: the clip's start, as FlashVTG; ``0.5``: its centre). A tensor
+            broadcastable to ``[B, T]`` gives it directly, in ``offset_unit``.
+
+    Returns:
+        A dict for ``ClipTBPLoss.forward``:
+
+        * ``"emb"``: ``emb`` itself.
+        * ``"labels"``: LongTensor ``[B, T]`` on the device of ``emb``, from
+          ``windows_to_labels(windows_sec, T, clip_len)``: ``0`` background, ``w >= 1`` the
+          ``w``-th merged window (start order), ``-1`` where ``video_mask`` is 0.
+        * only when ``pred_offsets`` is given:
+          ``"pred_spans"`` ``[B, T, 2]`` = ``(a_i - d_start, a_i + d_end)``;
+          ``"target_spans"`` ``[B, T, 2]`` = the (merged) window of the clip's label, both as
+          absolute ``(start, end)`` in ``offset_unit`` with the dtype of ``pred_offsets``
+          (0 where no window); ``"span_mask"`` ``[B, T]`` bool = ``labels >= 1``.
+
+        Without ``pred_offsets`` (query-based models) pass your matched spans yourself:
+        ``crit(**out, pred_spans=p, target_spans=t)``, see :func:`detr_matched_spans`.
+
+    Builds the labels on the CPU: a few small host-device copies (``video_mask``, labels).
+    """
+    emb = _tensor(emb, "emb", floating=True)
+    if emb.dim() != 3:
+        raise ValueError(f"emb must have shape [B, T, D]; got {tuple(emb.shape)}")
+    B, T = int(emb.shape[0]), int(emb.shape[1])
+    device = emb.device
+
+    if video_mask is None:
+        valid = torch.ones((B, T), dtype=torch.bool, device=device)
+    else:
+        video_mask = _tensor(video_mask, "video_mask")
+        _check_shape(video_mask, "video_mask", (B, T), "[B, T] (emb.shape[:2])")
+        _check_device(video_mask, "video_mask", device)
+        valid = video_mask != 0
+
+    if isinstance(clip_len, bool) or not isinstance(clip_len, numbers.Real):
+        raise TypeError(f"clip_len must be a real number; got {type(clip_len).__name__}")
+    clip_len = float(clip_len)
+    if not math.isfinite(clip_len) or clip_len <= 0:
+        raise ValueError(f"clip_len must be a finite number > 0; got {clip_len}")
+
+    windows_sec = _plain(windows_sec)
+    if isinstance(windows_sec, (str, bytes)) or not isinstance(windows_sec, (list, tuple)):
+        raise TypeError(
+            "windows_sec must be a list with one list of [start, end] pairs (seconds) per "
+            f"sample; got {type(windows_sec).__name__}"
+        )
+    if len(windows_sec) != B:
+        raise ValueError(
+            f"windows_sec must have one entry per sample ({B}); got {len(windows_sec)}"
+        )
+    samples = []
+    for sample in windows_sec:
+        sample = _plain(sample)
+        if isinstance(sample, (list, tuple)):
+            sample = [w for w in sample if not _is_padding(w)]
+        samples.append(sample)
+
+    if B:
+        labels = windows_to_labels(samples, T, clip_len)   # validates the windows
+    else:
+        labels = torch.empty((0, T), dtype=torch.long)
+    labels = labels.to(device)
+    labels = labels.masked_fill(~valid, -1)
+    out: Dict[str, Tensor] = {"emb": emb, "labels": labels}
+    if pred_offsets is None:
+        return out
+
+    pred_offsets = _tensor(pred_offsets, "pred_offsets", floating=True)
+    _check_shape(pred_offsets, "pred_offsets", (B, T, 2), "[B, T, 2] (d_start, d_end)")
+    _check_device(pred_offsets, "pred_offsets", device)
+    if not isinstance(offset_unit, str) or offset_unit not in OFFSET_UNITS:
+        raise ValueError(
+            f"offset_unit must be one of {', '.join(repr(u) for u in OFFSET_UNITS)}; "
+            f"got {offset_unit!r}"
+        )
+    dtype = pred_offsets.dtype
+
+    # scale[b]: one clip length in offset_unit
+    if offset_unit == "clips":
+        scale = torch.ones(B, dtype=torch.float64)
+    elif offset_unit == "seconds":
+        scale = torch.full((B,), clip_len, dtype=torch.float64)
+    else:
+        n_valid = valid.sum(dim=1).cpu().to(torch.float64)
+        scale = 1.0 / n_valid.clamp(min=1.0)
+
+    if isinstance(anchor, Tensor):
+        if not anchor.is_floating_point():
+            anchor = anchor.to(dtype)
+        try:
+            a = torch.broadcast_to(anchor, (B, T))
+        except RuntimeError:
+            raise ValueError(
+                f"anchor must be broadcastable to [B, T] = {(B, T)}; got {tuple(anchor.shape)}"
+            ) from None
+        _check_device(a, "anchor", device)
+        a = a.to(dtype)
+    elif isinstance(anchor, numbers.Real) and not isinstance(anchor, bool):
+        if not math.isfinite(float(anchor)):
+            raise ValueError(f"anchor must be finite; got {anchor}")
+        pos = torch.arange(T, dtype=torch.float64) + float(anchor)
+        a = (pos[None, :] * scale[:, None]).to(device=device, dtype=dtype)
+    else:
+        raise TypeError(f"anchor must be a real number or a tensor; got {type(anchor).__name__}")
+
+    pred_spans = torch.stack((a - pred_offsets[..., 0], a + pred_offsets[..., 1]), dim=-1)
+
+    # table[b, w] = merged window w (w >= 1) of sample b, in offset_unit; row 0 unused
+    merged = [_merge([(float(st), float(ed)) for st, ed in (_plain(w) for w in s)])
+              for s in samples]
+    width = max((len(m) for m in merged), default=0) + 1
+    table = torch.zeros((B, width, 2), dtype=torch.float64)
+    for b, m in enumerate(merged):
+        if m:
+            table[b, 1:len(m) + 1] = torch.tensor(m, dtype=torch.float64) / clip_len * scale[b]
+    ids = labels.clamp(min=0).cpu()
+    target = torch.gather(table, 1, ids.unsqueeze(-1).expand(B, T, 2))
+    out["pred_spans"] = pred_spans
+    out["target_spans"] = target.to(device=device, dtype=dtype)
+    out["span_mask"] = labels >= 1
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# UniVTG / Video Mamba Suite
+# --------------------------------------------------------------------------------------------
+
+def univtg_inputs(
+    outputs: Mapping[str, Tensor],
+    targets: Mapping[str, Tensor],
+    *,
+    clip_len: Optional[float] = None,
+    emb_key: Optional[str] = None,
+) -> Dict[str, Tensor]:
+    """`ClipTBPLoss` inputs from UniVTG's (and Video Mamba Suite's) ``outputs`` / ``targets``.
+
+    The dicts that UniVTG's ``SetCriterion.forward(outputs, targets)`` receives
+    (``model/univtg.py``; targets from ``main/dataset.py: prepare_batch_inputs_mr``):
+
+    * ``outputs["pred_spans"]`` ``[B, T, 2]``: per clip ``sigmoid(.) * (-1, +1)``, i.e.
+      ``(-d_start, +d_end)`` in units of the video length; UniVTG's own span loss compares
+      ``targets["timestamp"] + outputs["pred_spans"]`` with ``targets["span_labels_nn"]``.
+    * ``outputs["vid_mem_proj"]`` ``[B, T, D]``: in UniVTG this is the *projected input*
+      ``src_vid`` (before the encoder), the tensor its saliency loss uses. The encoder's video
+      tokens are ``vid_mem``; add ``out["vid_mem"] = vid_mem`` in ``Model.forward`` to use
+      them (preferred whenever present, see ``emb_key``).
+    * ``targets["timestamp"]`` ``[B, T, 2]``: the anchor of clip ``i``, both columns
+      ``(i + clip_len / 2) / n`` (``n`` = the sample's number of clips; for ``clip_len = 2``
+      this is the clip's *end*, not its centre).
+    * ``targets["span_labels_nn"]`` ``[B, T, 2]``: per clip the GT window containing its
+      anchor as ``(start, end) / (n * clip_len)`` (normalised ``xx``, not ``cxw``); 0 rows
+      elsewhere and on padding.
+    * ``targets["timestamp_window"]`` ``[B, T]``: 1 where the anchor lies in a GT window.
+    * ``targets["timestamp_mask"]`` ``[B, T]``: 1 on real clips, 0 on padding
+      (``outputs["src_vid_mask"]`` is the same and is used when the former is absent).
+
+    The GT windows are the distinct ``span_labels_nn`` rows of the clips with
+    ``timestamp_window = 1``, taken back to clip units (``x n``); the labels follow the clip
+    *centre* rule of ``windows_to_labels`` (a window ``[4 s, 10 s]`` with 2 s clips labels
+    clips 2-4), so they can differ at a window's edge from UniVTG's own anchor-based
+    ``timestamp_window`` (which marks clips 1-4 there).
+
+    Args:
+        outputs, targets: as above.
+        clip_len: ``None`` (default): spans in UniVTG's normalised units (those of its own
+            ``loss_b``). A clip length in seconds: spans in seconds.
+        emb_key: the key of ``outputs`` used as ``emb``; default ``"vid_mem"`` when present,
+            else ``"vid_mem_proj"``.
+
+    Returns:
+        ``dict(emb, labels, pred_spans, target_spans, span_mask)`` as
+        :func:`inputs_from_windows`; ``pred_spans`` = ``timestamp + pred_spans`` (UniVTG's own
+        ``src_spans``), ``target_spans`` = the clip's GT window, ``span_mask`` = ``labels >= 1``.
+    """
+    if emb_key is None:
+        has_mem = isinstance(outputs, Mapping) and "vid_mem" in outputs
+        emb_key = "vid_mem" if has_mem else "vid_mem_proj"
+    emb = _tensor(_require(outputs, emb_key, "outputs"), f"outputs[{emb_key!r}]", floating=True)
+    if emb.dim() != 3:
+        raise ValueError(f"outputs[{emb_key!r}] must have shape [B, T, D]; got {tuple(emb.shape)}")
+    B, T = int(emb.shape[0]), int(emb.shape[1])
+    pred = _tensor(_require(outputs, "pred_spans", "outputs"), "outputs['pred_spans']",
+                   floating=True)
+    _check_shape(pred, "outputs['pred_spans']", (B, T, 2), "[B, T, 2]")
+    if isinstance(targets, Mapping) and "timestamp_mask" in targets:
+        mask_name, mask = "targets['timestamp_mask']", targets["timestamp_mask"]
+    elif isinstance(outputs, Mapping) and "src_vid_mask" in outputs:
+        mask_name, mask = "outputs['src_vid_mask']", outputs["src_vid_mask"]
+    else:
+        _require(targets, "timestamp_mask", "targets")  # raises a TypeError for a non-dict
+        raise KeyError("targets['timestamp_mask'] (or outputs['src_vid_mask']) is missing")
+    mask = _tensor(mask, mask_name)
+    _check_shape(mask, mask_name, (B, T), "[B, T]")
+    nn_win = _tensor(_require(targets, "span_labels_nn", "targets"), "targets['span_labels_nn']",
+                     floating=True)
+    _check_shape(nn_win, "targets['span_labels_nn']", (B, T, 2), "[B, T, 2] (start, end)")
+    fg = _tensor(_require(targets, "timestamp_window", "targets"), "targets['timestamp_window']")
+    _check_shape(fg, "targets['timestamp_window']", (B, T), "[B, T]")
+    stamp = _tensor(_require(targets, "timestamp", "targets"), "targets['timestamp']",
+                    floating=True)
+    _check_shape(stamp, "targets['timestamp']", (B, T, 2), "[B, T, 2]")
+    for t, name in ((pred, "outputs['pred_spans']"), (mask, mask_name),
+                    (stamp, "targets['timestamp']")):
+        _check_device(t, name, emb.device)
+
+    valid = mask != 0
+    n_valid = valid.sum(dim=1).cpu().tolist()
+    rows_fg = ((fg != 0) & valid).cpu()
+    nn_cpu = nn_win.detach().cpu().to(torch.float64)
+    windows_clips = []
+    for b in range(B):
+        rows = nn_cpu[b][rows_fg[b]]
+        sample = []
+        if rows.numel():
+            for st, ed in torch.unique(rows, dim=0).tolist():
+                if st == 0.0 and ed == 0.0:
+                    continue            # UniVTG's "no window" row
+                sample.append([_snap_half(st * n_valid[b]), _snap_half(ed * n_valid[b])])
+        windows_clips.append(sample)
+
+    offsets = torch.stack((-pred[..., 0], pred[..., 1]), dim=-1)     # (d_start, d_end)
+    anchor = stamp[..., 0]
+    if clip_len is None:
+        # clip units as "seconds" with a clip length of 1: windows / n == normalised units
+        return inputs_from_windows(emb, valid, windows_clips, 1.0, offsets, "normalized",
+                                   anchor=anchor)
+    if isinstance(clip_len, bool) or not isinstance(clip_len, numbers.Real):
+        raise TypeError(f"clip_len must be a real number or None; got {type(clip_len).__name__}")
+    if not math.isfinite(float(clip_len)) or clip_len <= 0:
+        raise ValueError(f"clip_len must be a finite number > 0; got {clip_len}")
+    clip_len = float(clip_len)
+    length = torch.tensor(n_valid, dtype=pred.dtype, device=pred.device) * clip_len   # seconds
+    windows_sec = [[[st * clip_len, ed * clip_len] for st, ed in s] for s in windows_clips]
+    return inputs_from_windows(emb, valid, windows_sec, clip_len, offsets * length[:, None, None],
+                               "seconds", anchor=anchor * length[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# FlashVTG
+# --------------------------------------------------------------------------------------------
+
+def flashvtg_inputs(
+    outputs: Mapping[str, Tensor],
+    targets: Mapping[str, object],
+    *,
+    clip_len: float,
+) -> Dict[str, Tensor]:
+    """`ClipTBPLoss` inputs from FlashVTG's training-mode ``outputs`` and ``targets``.
+
+    Layout (``FlashVTG/model.py``, ``blocks/generator.py``, ``blocks/loss.py``,
+    ``FlashVTG/train.py``):
+
+    * ``outputs["video_emb"]`` ``[B, T, D]``: the video tokens after the encoder.
+    * ``outputs["video_msk"]`` ``[B, T]`` int: 1 on real clips.
+    * ``outputs["out_coord"]`` ``[B, N, 2]``: the pyramid levels concatenated (strides
+      ``(1, 2, 4, 8)``: ``N = T + T/2 + ...``); per point the distances
+      ``(d_start, d_end) > 0`` (``exp(.) * coef``) in units of the level's stride, measured
+      from the point's position ``p`` = its first clip (``PointGenerator`` without offset):
+      the predicted window is ``[p - d_start * stride, p + d_end * stride]`` clips. The first
+      ``T`` points are the stride-1 level, point ``i`` = clip ``i``; they are the ones used.
+    * ``targets["label"]``: the batch's metadata list (``targets["label"] = batch[0]`` in
+      ``train.py``), each with ``"relevant_windows"`` in seconds; FlashVTG turns them into
+      clips with ``targets["fps"] = 1 / clip_length``.
+
+    Args:
+        outputs, targets: as above (``video_emb``, ``video_msk``, ``out_coord`` exist only in
+            training mode).
+        clip_len: the clip length in seconds (FlashVTG's ``--clip_length``).
+
+    Returns:
+        ``dict(emb, labels, pred_spans, target_spans, span_mask)`` as
+        :func:`inputs_from_windows`, spans in clips (the unit of FlashVTG's ``loss_reg``):
+        ``pred_spans[b, i] = (i - d_start, i + d_end)``.
+    """
+    emb = _tensor(_require(outputs, "video_emb", "outputs"), "outputs['video_emb']", floating=True)
+    if emb.dim() != 3:
+        raise ValueError(f"outputs['video_emb'] must have shape [B, T, D]; got {tuple(emb.shape)}")
+    B, T = int(emb.shape[0]), int(emb.shape[1])
+    msk = _tensor(_require(outputs, "video_msk", "outputs"), "outputs['video_msk']")
+    _check_shape(msk, "outputs['video_msk']", (B, T), "[B, T]")
+    coord = _tensor(_require(outputs, "out_coord", "outputs"), "outputs['out_coord']",
+                    floating=True)
+    if coord.dim() != 3 or coord.shape[0] != B or coord.shape[2] != 2 or coord.shape[1] < T:
+        raise ValueError(
+            "outputs['out_coord'] must have shape [B, N, 2] with N >= T (the stride-1 level "
+            f"first); got {tuple(coord.shape)} for B = {B}, T = {T}"
+        )
+    meta = _require(targets, "label", "targets")
+    if isinstance(meta, (str, bytes, Mapping)) or not isinstance(meta, Sequence):
+        raise TypeError("targets['label'] must be the list of per-sample metadata dicts; got "
+                        f"{type(meta).__name__}")
+    if len(meta) != B:
+        raise ValueError(f"targets['label'] must have one entry per sample ({B}); got {len(meta)}")
+    windows = [_require(m, "relevant_windows", f"targets['label'][{b}]")
+               for b, m in enumerate(meta)]
+    return inputs_from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips", anchor=0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# query-based models
+# --------------------------------------------------------------------------------------------
+
+def detr_matched_spans(
+    pred_spans: Tensor,
+    span_labels: Sequence[Mapping[str, Tensor]],
+    indices: Sequence[Tuple[Tensor, Tensor]],
+) -> Tuple[Tensor, Tensor]:
+    """The Hungarian-matched (prediction, target) pairs of a DETR-style criterion, as ``xx``.
+
+    Args:
+        pred_spans: ``outputs["pred_spans"]`` ``[B, Q, 2]``, normalised ``(center, width)``
+            (Moment-DETR / TD-DETR with ``span_loss_type="l1"``).
+        span_labels: ``targets["span_labels"]``, one ``dict(spans=[n_b, 2])`` per sample in
+            the same normalised ``(center, width)``.
+        indices: the matcher's output, one ``(query_idx, target_idx)`` pair per sample
+            (``criterion.matcher(outputs_without_aux, targets)``).
+
+    Returns:
+        ``(pred, target)``, each ``[N, 2]`` as normalised ``(start, end)``, ``N`` = number of
+        matched pairs; pass them as ``pred_spans`` / ``target_spans`` (no ``span_mask``).
+    """
+    pred_spans = _tensor(pred_spans, "pred_spans", floating=True)
+    if pred_spans.dim() != 3 or pred_spans.shape[2] != 2:
+        raise ValueError("pred_spans must have shape [B, Q, 2] (center, width); got "
+                         f"{tuple(pred_spans.shape)}")
+    B = int(pred_spans.shape[0])
+    if len(span_labels) != B or len(indices) != B:
+        raise ValueError(f"span_labels and indices must have one entry per sample ({B}); got "
+                         f"{len(span_labels)} and {len(indices)}")
+    src, tgt = [], []
+    for b, ((qi, ti), lab) in enumerate(zip(indices, span_labels)):
+        spans = _tensor(_require(lab, "spans", f"span_labels[{b}]"), f"span_labels[{b}]['spans']")
+        qi = torch.as_tensor(qi, dtype=torch.long, device=pred_spans.device)
+        ti = torch.as_tensor(ti, dtype=torch.long, device=spans.device)
+        src.append(pred_spans[b, qi])
+        tgt.append(spans[ti].to(device=pred_spans.device, dtype=pred_spans.dtype))
+    if src:
+        src_t, tgt_t = torch.cat(src), torch.cat(tgt)
+    else:
+        src_t = pred_spans.new_zeros((0, 2))
+        tgt_t = pred_spans.new_zeros((0, 2))
+
+    def xx(s: Tensor) -> Tensor:
+        return torch.stack((s[:, 0] - 0.5 * s[:, 1], s[:, 0] + 0.5 * s[:, 1]), dim=-1)
+
+    return xx(src_t), xx(tgt_t)
