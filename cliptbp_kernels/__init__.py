@@ -2,9 +2,12 @@
 
 The three losses of ClipTBP (clip-pair contrastive loss with top-k hard negatives, boundary
 margin loss, auxiliary boundary regression loss) as a readable PyTorch reference and as fused
-kernels that never build the T x T similarity matrix. See SPEC.md-derived docs in docs/.
+kernels that never build the T x T similarity matrix (docs/losses.md), plus adapters for
+common baselines (docs/integrations.md) and a reference moment retrieval pipeline (data,
+model, evaluation, training).
 """
 
+from . import adapters
 from ._backends import available_backends
 from .api import boundary_margin_loss, clip_boundary_losses, clip_pair_loss, hard_negative_pairs
 from .aux_loss import boundary_aux_loss
@@ -15,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ClipTBPLoss",
+    "adapters",
     "available_backends",
     "boundary_aux_loss",
     "boundary_margin_loss",

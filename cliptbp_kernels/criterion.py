@@ -46,7 +46,8 @@ class ClipTBPLoss(nn.Module):
     is given, ``"loss_basic"`` plus every key of a ``basic`` dict (e.g. ``"loss_span"``).
 
     ``basic`` is the baseline's own loss: a scalar tensor, or a dict of already weighted terms
-    that are summed (as UniVTG / Moment-DETR criteria return them); its keys must not be one
+    (tensors, or plain numbers such as a baseline's constant ``0.``) that are summed (as
+    UniVTG / Moment-DETR criteria return them); its keys must not be one
     of ``"loss"``, ``"loss_basic"``, ``"loss_clip"``, ``"loss_boun"``, ``"loss_aux"``.
     """
 
@@ -113,8 +114,11 @@ class ClipTBPLoss(nn.Module):
                     if key in _RESERVED:
                         raise ValueError(f"basic must not have the key {key!r} (reserved for "
                                          "the criterion's own outputs)")
+                    if isinstance(value, (int, float)) and not isinstance(value, bool):
+                        value = total.new_tensor(float(value))  # e.g. a baseline's literal 0.
                     if not isinstance(value, Tensor):
-                        raise TypeError(f"basic[{key!r}] must be a tensor; got {type(value).__name__}")
+                        raise TypeError(f"basic[{key!r}] must be a tensor or a number; "
+                                        f"got {type(value).__name__}")
                     out[key] = value
                     terms.append(value)
                 l_basic = torch.stack([t.reshape(()).to(total.dtype) for t in terms]).sum()

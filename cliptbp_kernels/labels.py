@@ -67,7 +67,7 @@ def _check_windows(sample, b):
     return out
 
 
-def _merge(windows):
+def merge_windows(windows):
     """Sort by start and merge overlapping windows (``start < previous end``)."""
     merged = []
     for st, ed in sorted(windows, key=lambda w: w[0]):
@@ -90,7 +90,7 @@ def _clip_holding(t, clip_len):
 
 def _sample_labels(windows, n, clip_len):
     labels = [0] * n
-    merged = _merge(windows)
+    merged = merge_windows(windows)
     holds_centre = []
     for w, (st, ed) in enumerate(merged):
         # clip i takes the window when its centre (i + 0.5) * L lies in [st, ed); search a

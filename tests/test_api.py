@@ -200,8 +200,10 @@ def test_criterion_bad_input():
         crit(emb, labels, basic=torch.ones(3))
     with pytest.raises(TypeError, match="basic must be a tensor"):
         crit(emb, labels, basic=1.0)
-    with pytest.raises(TypeError, match=r"basic\['x'\] must be a tensor"):
-        crit(emb, labels, basic={"x": 1.0})
+    with pytest.raises(TypeError, match=r"basic\['x'\] must be a tensor or a number"):
+        crit(emb, labels, basic={"x": "1.0"})
+    out = crit(emb, labels, basic={"x": 0.0, "y": torch.tensor(2.0)})  # literal numbers too
+    torch.testing.assert_close(out["loss_basic"], torch.tensor(2.0))
     with pytest.raises(ValueError, match="must not have the key 'loss_clip'"):
         crit(emb, labels, basic={"loss_clip": torch.tensor(1.0)})
     with pytest.raises(ValueError, match="reduction must be one of"):

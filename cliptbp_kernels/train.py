@@ -1,0 +1,327 @@
+"""Training entry point of the reference moment retrieval pipeline.
+
+    python -m cliptbp_kernels.train                         # synthetic QVHighlights-like data
+    python -m cliptbp_kernels.train --no-cliptbp --seed 1   # the baseline alone
+    python -m cliptbp_kernels.train --config my.json --out runs/qvh --resume
+    python -m cliptbp_kernels.train --set data=synthetic-tacos --set batch_size=8
+
+The model (`cliptbp_kernels.model.MomentModel`) trains with its own losses and, unless
+`--no-cliptbp`, the ClipTBP losses of paper Eq. 8 (`ClipTBPLoss`, fused backend picked
+automatically). Every `eval_every` epochs and at the end it writes its validation
+predictions in the QVHighlights submission format and evaluates them
+(`cliptbp_kernels.eval`). Checkpoints go to `OUT/checkpoint.pt` after every epoch;
+`--resume` continues from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from . import data as mr_data
+from .criterion import ClipTBPLoss
+from .eval import evaluate, load_jsonl
+from .model import MomentModel, basic_losses, clip_spans, predict_windows, target_spans
+
+SYNTHETIC = {"synthetic-qvh": "qvh", "synthetic-tacos": "tacos"}
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (JSON-serialisable)."""
+
+    data: str = "synthetic-qvh"  # "synthetic-qvh", "synthetic-tacos" or a data root folder
+    dataset: str = "qvhighlights"  # layout of a data root: "qvhighlights" or "tacos"
+    data_dir: str = "data/synthetic"  # where synthetic data sets are generated
+    feature_root: Optional[str] = None  # default: <data root>/features
+    video_features: List[List[str]] = field(
+        default_factory=lambda: [["slowfast_features", "features"], ["clip_features", "pooler_output"]])
+    text_feature: List[str] = field(default_factory=lambda: ["clip_text_features", "last_hidden_state"])
+    clip_len: float = 2.0
+    max_clips: Optional[int] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    hidden: int = 128
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.1
+    epochs: int = 12
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    seed: int = 0
+    cliptbp: bool = True
+    w_clip: float = 3.0
+    w_boun: float = 3.0
+    w_aux: float = 2.0
+    k: int = 20
+    tau: float = 0.07
+    positives: str = "any"
+    negatives: str = "cross"
+    radius: int = 1
+    backend: str = "auto"
+    eval_every: int = 4
+    device: str = "auto"
+    out: str = "runs/default"
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_datasets(cfg: TrainConfig):
+    """(train, val) datasets and the val annotation file, generating synthetic data if asked."""
+    if cfg.data in SYNTHETIC:
+        from .synthetic import generate
+
+        variant = SYNTHETIC[cfg.data]
+        root = Path(cfg.data_dir) / variant
+        generate(root, variant=variant)
+        layout = "qvhighlights" if variant == "qvh" else "tacos"
+    else:
+        root = Path(cfg.data)
+        layout = cfg.dataset
+    if layout not in ("qvhighlights", "tacos"):
+        raise ValueError(f"dataset must be 'qvhighlights' or 'tacos'; got {layout!r}")
+    kw = dict(
+        feature_root=cfg.feature_root,
+        video_features=tuple(mr_data.FeatureSpec(d, k) for d, k in cfg.video_features),
+        text_feature=mr_data.FeatureSpec(*cfg.text_feature),
+        clip_len=cfg.clip_len,
+        max_clips=cfg.max_clips,
+    )
+    load = mr_data.load_qvhighlights if layout == "qvhighlights" else mr_data.load_tacos
+    train, val = load(root, cfg.train_split, **kw), load(root, cfg.val_split, **kw)
+    return train, val, layout
+
+
+def _loader(ds, cfg: TrainConfig, shuffle: bool, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle,
+                                       collate_fn=mr_data.collate, generator=g)
+
+
+def _to(batch: Dict, device: torch.device) -> Dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+def training_step(model, criterion, batch: Dict, clip_len: float) -> Dict[str, torch.Tensor]:
+    """Losses of one batch: the model's own, plus ClipTBP's when `criterion` is given."""
+    out = model(batch["video"], batch["video_mask"], batch["text"], batch["text_mask"])
+    labels = batch["labels"]
+    spans_t = target_spans(labels, batch["windows"], clip_len)
+    basic = basic_losses(out, labels, spans_t, batch["saliency"])
+    if criterion is None:
+        total = sum(basic.values())
+        return {"loss": total, **basic}
+    return criterion(out["video_emb"], labels, basic=basic, pred_spans=clip_spans(out["offsets"]),
+                     target_spans=spans_t, span_mask=labels >= 1)
+
+
+@torch.no_grad()
+def predict(model, loader, device) -> List[dict]:
+    model.eval()
+    lines: List[dict] = []
+    for batch in loader:
+        batch = _to(batch, device)
+        out = model(batch["video"], batch["video_mask"], batch["text"], batch["text_mask"])
+        lines.extend(predict_windows(out, batch["num_clips"], batch["meta"]))
+    model.train()
+    return lines
+
+
+def _save_jsonl(path: Path, lines: List[dict]) -> None:
+    with open(path, "w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+
+
+def _format_table(rows: List[Dict], keys: List[str]) -> str:
+    head = "| " + " | ".join(keys) + " |"
+    sep = "|" + "|".join("---" for _ in keys) + "|"
+    body = []
+    for r in rows:
+        cells = []
+        for k in keys:
+            v = r.get(k, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, sep, *body])
+
+
+HEADLINE = ["MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mAP", "MR-full-R1@0.3"]
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = None) -> Dict:
+    """Train and evaluate; returns the summary (also written to OUT/summary.json).
+
+    `resume` continues from OUT/checkpoint.pt (model, optimiser, schedule, RNG and history),
+    so an interrupted run ends exactly as an uninterrupted one. `stop_after` ends this call
+    after that many epochs (the checkpoint then allows resuming).
+    """
+    out_dir = Path(cfg.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = _device(cfg.device)
+    set_seed(cfg.seed)
+    train_ds, val_ds, layout = build_datasets(cfg)
+    sample = train_ds[0]
+    model = MomentModel(sample["video"].shape[-1], sample["text"].shape[-1], cfg.hidden,
+                        cfg.layers, cfg.heads, cfg.dropout).to(device)
+    criterion = None
+    if cfg.cliptbp:
+        criterion = ClipTBPLoss(w_clip=cfg.w_clip, w_boun=cfg.w_boun, w_aux=cfg.w_aux, k=cfg.k,
+                                tau=cfg.tau, positives=cfg.positives, negatives=cfg.negatives,
+                                radius=cfg.radius, backend=cfg.backend)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, (len(train_ds) + cfg.batch_size - 1) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, pct_start=0.1,
+                                                total_steps=cfg.epochs * steps_per_epoch)
+    start_epoch, history = 0, []
+    ckpt_path = out_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
+        torch.set_rng_state(ckpt["rng"])
+        print(f"resumed from {ckpt_path} at epoch {start_epoch}")
+    (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+
+    gt_val = load_jsonl(val_ds.annotation_file)
+    val_loader = _loader(val_ds, cfg, shuffle=False, seed=cfg.seed)
+    step_times: List[float] = []
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        tqdm = None
+
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
+    for epoch in range(start_epoch, end_epoch):
+        loader = _loader(train_ds, cfg, shuffle=True, seed=cfg.seed * 1000 + epoch)
+        it = loader
+        if cfg.progress and tqdm is not None:
+            it = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout)
+        sums: Dict[str, float] = {}
+        n = 0
+        for batch in it:
+            batch = _to(batch, device)
+            t0 = time.perf_counter()
+            losses = training_step(model, criterion, batch, cfg.clip_len)
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step_times.append(time.perf_counter() - t0)
+            n += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if tqdm is not None and cfg.progress:
+                it.set_postfix(loss=f"{sums['loss'] / n:.4f}")
+        record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
+        if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+            preds = predict(model, val_loader, device)
+            _save_jsonl(out_dir / "val_submission.jsonl", preds)
+            metrics = evaluate(preds, gt_val)["brief"]
+            record.update({k: metrics[k] for k in HEADLINE if k in metrics})
+            (out_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
+        history.append(record)
+        print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
+            f"{k}={v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(), "epoch": epoch, "history": history,
+                    "rng": torch.get_rng_state(), "config": dataclasses.asdict(cfg)}, ckpt_path)
+
+    if end_epoch < cfg.epochs:
+        print(f"stopped after epoch {end_epoch}; continue with --resume")
+        return {"config": dataclasses.asdict(cfg), "history": history, "val": None}
+    final = json.loads((out_dir / "val_metrics.json").read_text())
+    warm = step_times[3:] or step_times
+    summary = {"config": dataclasses.asdict(cfg), "history": history, "val": final,
+               "step_ms": 1000 * float(np.median(warm)) if warm else float("nan")}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    keys = ["epoch", "loss"] + [k for k in HEADLINE if any(k in r for r in history)]
+    print(_format_table(history, keys))
+    print("final validation:", json.dumps({k: final[k] for k in final if k.startswith(("MR", "HL"))}))
+    return summary
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="JSON file with TrainConfig fields")
+    p.add_argument("--out", help="output folder (checkpoints, predictions, metrics)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--no-cliptbp", action="store_true", help="train without the ClipTBP losses")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (VALUE parsed as JSON when it can be)")
+    return p.parse_args(argv)
+
+
+def parse_overrides(items: List[str]) -> Dict:
+    """{key: value} from KEY=VALUE strings; VALUE is parsed as JSON when it can be."""
+    d: Dict = {}
+    for item in items:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            d[key] = json.loads(value)
+        except json.JSONDecodeError:
+            d[key] = value
+    return d
+
+
+def config_from_args(args) -> TrainConfig:
+    d: Dict = {}
+    if args.config:
+        d.update(json.loads(Path(args.config).read_text()))
+    d.update(parse_overrides(args.set))
+    if args.out:
+        d["out"] = args.out
+    if args.seed is not None:
+        d["seed"] = args.seed
+    if args.epochs is not None:
+        d["epochs"] = args.epochs
+    if args.no_cliptbp:
+        d["cliptbp"] = False
+    return TrainConfig.from_dict(d)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    train(config_from_args(args), resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()

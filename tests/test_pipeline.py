@@ -1,0 +1,126 @@
+"""The reference training pipeline end to end on a tiny synthetic data set: model, training
+with and without ClipTBP, checkpoint/resume, predictions in the submission format, and the
+main-job comparison."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cliptbp_kernels import compare
+from cliptbp_kernels.eval import evaluate, load_jsonl
+from cliptbp_kernels.model import (
+    MomentModel,
+    basic_losses,
+    clip_spans,
+    predict_windows,
+    target_spans,
+)
+from cliptbp_kernels.synthetic import generate
+from cliptbp_kernels.train import TrainConfig, main, train
+
+TINY = dict(hidden=32, layers=1, heads=2, batch_size=16, eval_every=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "qvh"
+    generate(root, variant="qvh", seed=3, train=48, val=16)
+    return root
+
+
+def test_model_shapes_and_losses():
+    torch.manual_seed(0)
+    m = MomentModel(12, 8, hidden=16, layers=1, heads=2)
+    video = torch.randn(3, 10, 12)
+    vmask = torch.ones(3, 10, dtype=torch.bool)
+    vmask[2, 7:] = False
+    out = m(video, vmask, torch.randn(3, 5, 8), torch.ones(3, 5, dtype=torch.bool))
+    assert out["video_emb"].shape == (3, 10, 16)
+    assert out["fg_logits"].shape == (3, 10) and out["saliency"].shape == (3, 10)
+    assert (out["offsets"] >= 0).all()
+    labels = torch.zeros(3, 10, dtype=torch.long)
+    labels[:, 2:5] = 1
+    labels[2, 7:] = -1
+    windows = [[[4.0, 10.0]]] * 3
+    spans_t = target_spans(labels, windows, 2.0)
+    assert torch.equal(spans_t[0, 2], torch.tensor([2.0, 5.0]))  # [4 s, 10 s] in 2-s clips
+    assert (spans_t[0, 5:] == 0).all()
+    losses = basic_losses(out, labels, spans_t, torch.zeros(3, 10))
+    assert set(losses) == {"loss_fg", "loss_span", "loss_iou", "loss_saliency"}
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in m.fg_head.parameters())
+
+
+def test_clip_spans_and_predictions():
+    offsets = torch.tensor([[[0.5, 0.5], [1.5, 2.5], [0.1, 0.1]]])
+    spans = clip_spans(offsets)
+    assert torch.allclose(spans[0, 1], torch.tensor([0.0, 4.0]))  # centre 1.5 - 1.5, + 2.5
+    out = {"offsets": offsets, "fg_logits": torch.tensor([[0.0, 3.0, -1.0]]),
+           "saliency": torch.tensor([[0.1, 0.9, 0.2]])}
+    lines = predict_windows(out, torch.tensor([3]), [{"qid": 7, "vid": "v", "duration": 6.0,
+                                                       "clip_len": 2.0, "query": "q"}])
+    (line,) = lines
+    assert line["qid"] == 7 and len(line["pred_saliency_scores"]) == 3
+    wins = line["pred_relevant_windows"]
+    assert wins[0][:2] == [0.0, 6.0]  # clip 1 (best score): [0, 4] clips -> [0, 8] s, cut at 6
+    assert [w[2] for w in wins] == sorted([w[2] for w in wins], reverse=True)
+
+
+@pytest.mark.parametrize("cliptbp", [False, True])
+def test_train_runs_and_evaluates(tiny_root, tmp_path, cliptbp):
+    cfg = TrainConfig(data=str(tiny_root), epochs=2, out=str(tmp_path / "run"), cliptbp=cliptbp,
+                      **TINY)
+    summary = train(cfg)
+    assert len(summary["history"]) == 2
+    assert "MR-full-mAP" in summary["val"] and "HL-min-VeryGood-mAP" in summary["val"]
+    assert ("loss_clip" in summary["history"][0]) == cliptbp
+    preds = load_jsonl(tmp_path / "run" / "val_submission.jsonl")
+    gt = load_jsonl(tiny_root / "annotations" / "highlight_val_release.jsonl")
+    assert evaluate(preds, gt)["brief"] == summary["val"]
+    for line in preds:
+        assert 1 <= len(line["pred_relevant_windows"]) <= 10
+
+
+def test_resume_ends_exactly_like_an_uninterrupted_run(tiny_root, tmp_path):
+    full = train(TrainConfig(data=str(tiny_root), epochs=3, out=str(tmp_path / "a"), **TINY))
+    cfg = TrainConfig(data=str(tiny_root), epochs=3, out=str(tmp_path / "b"), **TINY)
+    part = train(cfg, stop_after=1)
+    assert [r["epoch"] for r in part["history"]] == [1] and part["val"] is None
+    assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["epoch"] == 0
+    resumed = train(cfg, resume=True)
+    assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
+    assert resumed["history"] == full["history"]
+    assert resumed["val"] == full["val"]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_and_config_errors(tiny_root, tmp_path, capsys):
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps({"data": str(tiny_root), "epochs": 1, **TINY}))
+    main(["--config", str(cfg_file), "--out", str(tmp_path / "cli"), "--no-cliptbp",
+          "--set", "lr=0.002"])
+    saved = json.loads((tmp_path / "cli" / "config.json").read_text())
+    assert saved["lr"] == 0.002 and saved["cliptbp"] is False
+    assert "final validation" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="unknown config keys"):
+        TrainConfig.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="dataset must be"):
+        train(TrainConfig(data=str(tiny_root), dataset="charades", out=str(tmp_path / "z")))
+
+
+def test_compare_main_job(tiny_root, tmp_path):
+    result = compare.main(["--data", str(tiny_root), "--seeds", "0", "1", "--epochs", "1",
+                           "--out", str(tmp_path / "cmp"), "--timing-T", "40",
+                           "--timing-steps", "1", "--no-progress",
+                           *sum((["--set", f"{k}={json.dumps(v)}"] for k, v in TINY.items()), [])])
+    assert len(result["runs"]) == 4
+    assert {r["cliptbp"] for r in result["runs"]} == {False, True}
+    assert set(result["timing"]) == {"cpu", "reference"}
+    report = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "with ClipTBP" in report and "baseline losses only" in report
+    assert "speed-up" in report
