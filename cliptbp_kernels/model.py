@@ -109,17 +109,26 @@ def span_iou(a: Tensor, b: Tensor) -> Tensor:
     return inter / union.clamp_min(1e-6)
 
 
+def normalized_spans(spans: Tensor, num_clips: Tensor) -> Tensor:
+    """Spans in clip units divided by each video's length: fractions of the video, the unit
+    of the span losses (so long and short videos weigh alike)."""
+    return spans / num_clips.to(spans.dtype).clamp_min(1).view(-1, 1, 1)
+
+
 def basic_losses(out: Dict[str, Tensor], labels: Tensor, spans_target: Tensor,
                  saliency: Tensor) -> Dict[str, Tensor]:
-    """The model's own losses (weighted): foreground BCE, span L1 + IoU on foreground clips,
-    and a saliency ranking loss (answer clips above the other valid clips)."""
+    """The model's own losses: foreground BCE, span L1 + IoU on foreground clips, and a
+    saliency ranking loss (answer clips above the other valid clips). `spans_target` and the
+    spans derived from the offsets are compared in fractions of the video."""
     valid = labels >= 0
     fg = labels >= 1
     vf = valid.float()
     bce = F.binary_cross_entropy_with_logits(out["fg_logits"], fg.float(), reduction="none")
     loss_fg = (bce * vf).sum() / vf.sum().clamp_min(1)
 
-    spans = clip_spans(out["offsets"])
+    num_clips = valid.sum(1)
+    spans = normalized_spans(clip_spans(out["offsets"]), num_clips)
+    spans_target = normalized_spans(spans_target, num_clips)
     fgf = fg.float()
     n_fg = fgf.sum().clamp_min(1)
     l1 = (spans - spans_target).abs().sum(-1)

@@ -31,7 +31,8 @@ import torch
 from . import data as mr_data
 from .criterion import ClipTBPLoss
 from .eval import evaluate, load_jsonl
-from .model import MomentModel, basic_losses, clip_spans, predict_windows, target_spans
+from .model import (MomentModel, basic_losses, clip_spans, normalized_spans, predict_windows,
+                    target_spans)
 
 SYNTHETIC = {"synthetic-qvh": "qvh", "synthetic-tacos": "tacos"}
 
@@ -142,8 +143,10 @@ def training_step(model, criterion, batch: Dict, clip_len: float) -> Dict[str, t
     if criterion is None:
         total = sum(basic.values())
         return {"loss": total, **basic}
-    return criterion(out["video_emb"], labels, basic=basic, pred_spans=clip_spans(out["offsets"]),
-                     target_spans=spans_t, span_mask=labels >= 1)
+    n = batch["video_mask"].sum(1)
+    return criterion(out["video_emb"], labels, basic=basic,
+                     pred_spans=normalized_spans(clip_spans(out["offsets"]), n),
+                     target_spans=normalized_spans(spans_t, n), span_mask=labels >= 1)
 
 
 @torch.no_grad()

@@ -1,0 +1,166 @@
+"""Tests of the benchmark harness on tiny shapes (timing effectively off: 1 warm-up, 1 run),
+and two small pytest-benchmark cases at the QVHighlights shape."""
+
+import csv
+import os
+import sys
+
+import pytest
+import torch
+
+import cliptbp_kernels as ck
+from bench import harness, plot
+
+FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
+
+
+def _read(path):
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def test_labels_are_seeded_and_shaped():
+    shape = harness.get_shape("qvh")
+    a, b = harness.make_labels(shape, seed=3), harness.make_labels(shape, seed=3)
+    assert torch.equal(a, b) and a.shape == (32, 75) and a.dtype == torch.int64
+    assert not torch.equal(a, harness.make_labels(shape, seed=4))
+    padded = 0
+    for row in a.tolist():
+        n = sum(v >= 0 for v in row)
+        assert all(v == -1 for v in row[n:]), "padding only at the end"
+        padded += n < 75
+        windows = sorted({v for v in row if v >= 1})
+        assert 1 <= len(windows) <= 3 and windows == list(range(1, len(windows) + 1))
+        assert 0.18 <= sum(v >= 1 for v in row) / n <= 0.32
+    assert 0 < padded < 32
+    for name, frac in (("tacos", 0.07), ("long4k", 0.05), ("sweep256", 0.05)):
+        s = harness.get_shape(name)
+        lab = harness.make_labels(s)
+        assert set(lab.unique().tolist()) == {0, 1}
+        assert (lab == 1).sum(1).tolist() == [round(frac * s.T)] * s.B
+        for row in lab.tolist():  # one contiguous window
+            ones = [i for i, v in enumerate(row) if v == 1]
+            assert ones == list(range(ones[0], ones[-1] + 1))
+
+
+def test_tiny_run_writes_csv_table_and_plot(tmp_path, capsys):
+    out = tmp_path / "res" / "cpu.csv"
+    backends = ",".join(["reference"] + FUSED)
+    rc = harness.main(["--shapes", "tiny", "--backends", backends, "--modes", "fwd,fwdbwd",
+                       "--warmup", "1", "--repeats", "1", "--csv", str(out)])
+    assert rc == 0
+    rows = _read(out)
+    assert rows[0] == harness.COLUMNS
+    assert len(rows) == 1 + 2 * (1 + len(FUSED))
+    for r in rows[1:]:
+        d = dict(zip(harness.COLUMNS, r))
+        assert d["status"] == "ok", d
+        assert (d["shape"], d["B"], d["T"], d["D"], d["dtype"]) == ("tiny", "2", "20", "16",
+                                                                    "float32")
+        assert d["mode"] in ("fwd", "fwdbwd") and d["backend"] in backends.split(",")
+        assert float(d["p20_ms"]) <= float(d["median_ms"]) <= float(d["p80_ms"])
+        assert float(d["median_ms"]) > 0 and float(d["peak_mem_mb"]) >= 0
+        assert int(d["threads"]) >= 1 and d["torch"] == torch.__version__
+        assert d["date"].endswith("+00:00") and d["commit"] and d["device"]
+    assert len({r[0] for r in rows[1:]}) == 1, "one date for the whole run"
+
+    printed = capsys.readouterr().out
+    table = [line for line in printed.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + 2  # header, separator, (tiny, fwd), (tiny, fwdbwd)
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    assert head[:5] == ["shape", "mode", "B", "T", "reference ms"]
+    for f in FUSED:
+        assert f"{f} vs reference" in head and f"mem reference/{f}" in head
+    assert "peak resident growth of a fresh process" in printed
+    assert all(len(line.strip("|").split("|")) == len(head) for line in table)
+
+    png = tmp_path / "plot.png"
+    assert plot.main(["--csv", str(out), "--out", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_timeout_is_recorded(tmp_path):
+    info = harness.run_case("reference", "tiny", "fwd", warmup=1, repeats=1, timeout=0.001)
+    assert info["status"] == "timeout"
+    out = tmp_path / "t.csv"
+    harness.main(["--shapes", "tiny", "--backends", "reference", "--modes", "fwd",
+                  "--case-timeout", "0.001", "--csv", str(out)])
+    rows = [dict(zip(harness.COLUMNS, r)) for r in _read(out)[1:]]
+    assert [(r["backend"], r["status"], r["median_ms"]) for r in rows] == [
+        ("reference", "timeout", "")]
+
+
+def test_killed_child_is_recorded_as_oom():
+    cmd = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"]
+    assert harness.run_child(cmd, timeout=60)["status"] == "oom"
+    cmd = [sys.executable, "-c", "raise SystemExit(3)"]
+    assert harness.run_child(cmd, timeout=60)["status"] == "error"
+    assert harness.status_from_exit(-9, False, None) == "oom"
+    assert harness.status_from_exit(0, True, None) == "timeout"
+    assert harness.status_from_exit(0, False, "oom") == "oom"
+
+
+def test_quick_skips_long16k_baselines(tmp_path):
+    out = tmp_path / "q.csv"
+    harness.main(["--quick", "--shapes", "long16k", "--backends", "reference,compile",
+                  "--modes", "fwd", "--csv", str(out)])
+    rows = [dict(zip(harness.COLUMNS, r)) for r in _read(out)[1:]]
+    assert [(r["backend"], r["status"]) for r in rows] == [("reference", "skipped"),
+                                                           ("compile", "skipped")]
+
+
+def test_markdown_table_ratios():
+    def row(backend, ms, mb, status="ok"):
+        return dict(backend=backend, shape="qvh", mode="fwd", B=32, T=75, median_ms=ms,
+                    peak_mem_mb=mb, status=status)
+
+    table = harness.markdown_table([row("reference", "10", "100"), row("compile", "5", "50"),
+                                    row("cpu", "2", "2")]).splitlines()
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    got = dict(zip(head, cells))
+    assert got["cpu vs reference"] == "5.00x" and got["cpu vs compile"] == "2.50x"
+    assert got["mem reference/cpu"] == "50x" and got["reference MB"] == "100"
+    table = harness.markdown_table([row("reference", "", "900", "timeout"), row("cpu", "2", "2")])
+    got = dict(zip([c.strip() for c in table.splitlines()[0].strip("|").split("|")],
+                   [c.strip() for c in table.splitlines()[2].strip("|").split("|")]))
+    assert got["reference ms"] == "timeout" and got["cpu vs reference"] == "-"
+    assert got["reference MB"] == "900"
+
+
+def test_compile_backend_runs_in_a_child(tmp_path):
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+    info = harness.run_case("compile", "tiny", "fwd", warmup=1, repeats=1, timeout=240, env=env)
+    assert info["status"] in ("ok", "error"), info  # "error": no C++ compiler for inductor
+    if info["status"] == "ok":
+        assert info["median_ms"] > 0 and info["seconds"] > 0
+
+
+def _bench_step(backend, mode="fwdbwd"):
+    shape = harness.get_shape("qvh")
+    emb, labels = harness.make_inputs(shape, mode)
+    return harness.make_step(backend, mode, emb, labels)
+
+
+@pytest.mark.skipif("cpu" not in FUSED, reason="the fused CPU backend is not built")
+def test_benchmark_cpu_fwdbwd_qvh(benchmark):
+    step = _bench_step("cpu")
+    step()
+    benchmark.pedantic(step, rounds=3, iterations=1)
+
+
+def test_benchmark_reference_fwdbwd_qvh(benchmark):
+    step = _bench_step("reference")
+    step()
+    benchmark.pedantic(step, rounds=3, iterations=1)
+
+
+def test_criterion_mode_runs_every_backend(tmp_path):
+    out = tmp_path / "crit.csv"
+    backends = ",".join(["reference"] + FUSED)
+    rc = harness.main(["--shapes", "tiny", "--backends", backends, "--modes", "crit_fwdbwd",
+                       "--warmup", "1", "--repeats", "1", "--csv", str(out)])
+    assert rc == 0
+    rows = [dict(zip(harness.COLUMNS, r)) for r in _read(out)[1:]]
+    assert {r["backend"] for r in rows} == set(backends.split(","))
+    assert all(r["mode"] == "crit_fwdbwd" and r["status"] == "ok" for r in rows)
