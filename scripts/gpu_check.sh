@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Staged GPU check (DESIGN.md, "The GPU check"). Each stage stays well under 10 minutes and
+# writes its logs and results to $OUT as it goes, so any one call returns something useful.
+#
+#   bash scripts/gpu_check.sh all                 # build smoke tests sanitizer bench
+#   bash scripts/gpu_check.sh build smoke         # any subset, in the order given
+#
+# Stages:
+#   build      nvidia-smi, nvcc version, `pip install --no-build-isolation -e .` (no network
+#              needed: torch, triton, pybind11, cmake, ninja must be installed already)
+#   smoke      one call per available backend on CUDA tensors, determinism, TF32 off,
+#              the CUDA module's runtime (scripts/gpu_smoke.py)
+#   tests      the test suite (GPU tests included; they skip only without a GPU)
+#   sanitizer  compute-sanitizer memcheck and racecheck over the CUDA module's smoke calls
+#   bench      bench.harness --device cuda (+ plot), results in $OUT/cuda.csv and cuda.png
+#
+# Environment: OUT (default out/gpu_check), PYTHON (default python3).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+OUT="${OUT:-$ROOT/out/gpu_check}"
+PY="${PYTHON:-python3}"
+mkdir -p "$OUT"
+export CLIPTBP_CUDA="${CLIPTBP_CUDA:-1}"
+
+log() { echo "[gpu_check $(date -u +%H:%M:%S)] $*" | tee -a "$OUT/summary.txt"; }
+
+run_stage() {
+  local name="$1"; shift
+  local start=$SECONDS
+  log "stage $name: start"
+  if "$@" > "$OUT/$name.log" 2>&1; then
+    log "stage $name: ok ($((SECONDS - start)) s)"
+  else
+    log "stage $name: FAILED ($((SECONDS - start)) s), see $name.log"
+    tail -n 30 "$OUT/$name.log"
+    return 1
+  fi
+}
+
+stage_build() {
+  nvidia-smi || true
+  command -v nvcc && nvcc --version || /usr/local/cuda/bin/nvcc --version || true
+  "$PY" -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
+  "$PY" -m pip install --no-build-isolation -e . -v
+  "$PY" -c "import cliptbp_kernels as ck; print('backends', ck.available_backends())"
+}
+
+stage_smoke() { "$PY" scripts/gpu_smoke.py --out "$OUT"; }
+
+stage_tests() { "$PY" -m pytest -q -ra tests bench -p no:cacheprovider --junitxml "$OUT/tests.xml"; }
+
+stage_sanitizer() {
+  local cs
+  cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
+  for tool in memcheck racecheck; do
+    "$cs" --tool "$tool" --error-exitcode 9 "$PY" scripts/gpu_smoke.py --out "$OUT/$tool" --sanitizer || return 1
+  done
+}
+
+stage_bench() {
+  "$PY" -m bench.harness --device cuda --csv "$OUT/cuda.csv" --case-timeout 240 &&
+  "$PY" -m bench.harness --device cuda --csv "$OUT/cuda.csv" --case-timeout 240 \
+      --shapes qvh,tacos,long4k --modes crit_fwdbwd &&
+  "$PY" -m bench.plot --csv "$OUT/cuda.csv" --out "$OUT/cuda.png"
+}
+
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(all)
+[ "${stages[0]}" = "all" ] && stages=(build smoke tests sanitizer bench)
+rc=0
+for s in "${stages[@]}"; do
+  case "$s" in
+    build|smoke|tests|sanitizer|bench) run_stage "$s" "stage_$s" || rc=1 ;;
+    *) echo "unknown stage $s (build smoke tests sanitizer bench all)" >&2; exit 2 ;;
+  esac
+done
+log "done, rc=$rc"
+exit $rc
