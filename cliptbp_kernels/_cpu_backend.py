@@ -27,17 +27,19 @@ def simd_level() -> str:
 
 
 def _view_args(emb: Tensor, labels: Tensor):
+    """(emb view tuple, labels pointer) as the bindings take them."""
     B, T, D = emb.shape
     sb, st, sd = emb.stride()
-    return (emb.data_ptr(), DTYPE_CODES[emb.dtype], B, T, D, sb, st, sd, labels.data_ptr())
+    return (emb.data_ptr(), DTYPE_CODES[emb.dtype], B, T, D, sb, st, sd), labels.data_ptr()
 
 
 def forward_into(emb: Tensor, labels: Tensor, opts: tuple, out: Tuple[Tensor, ...]) -> None:
     """Run the forward kernel into caller-allocated buffers `out` (see `forward`)."""
     loss_clip, has_clip, loss_boun, has_boun, lse, neg_sum, pairs, inv_norm = out
-    _ext.forward(*_view_args(emb, labels), *opts, loss_clip.data_ptr(), has_clip.data_ptr(),
-                 loss_boun.data_ptr(), has_boun.data_ptr(), lse.data_ptr(), neg_sum.data_ptr(),
-                 pairs.data_ptr(), pairs.shape[1], inv_norm.data_ptr(), torch.get_num_threads())
+    _ext.forward(*_view_args(emb, labels), tuple(opts), loss_clip.data_ptr(),
+                 has_clip.data_ptr(), loss_boun.data_ptr(), has_boun.data_ptr(), lse.data_ptr(),
+                 neg_sum.data_ptr(), pairs.data_ptr(), pairs.shape[1], inv_norm.data_ptr(),
+                 torch.get_num_threads())
 
 
 def forward(emb: Tensor, labels: Tensor, opts: tuple):
@@ -75,10 +77,10 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     has_clip, has_boun = has_clip.contiguous(), has_boun.contiguous()
     lse, neg_sum, pairs = lse.contiguous(), neg_sum.contiguous(), pairs.contiguous()
     inv_norm = inv_norm.contiguous()
-    _ext.backward(*_view_args(emb, labels), *opts, grad_clip.data_ptr(), grad_boun.data_ptr(),
-                  has_clip.data_ptr(), has_boun.data_ptr(), lse.data_ptr(), neg_sum.data_ptr(),
-                  pairs.data_ptr(), pairs.shape[1], inv_norm.data_ptr(), grad.data_ptr(),
-                  torch.get_num_threads())
+    _ext.backward(*_view_args(emb, labels), tuple(opts), grad_clip.data_ptr(),
+                  grad_boun.data_ptr(), has_clip.data_ptr(), has_boun.data_ptr(), lse.data_ptr(),
+                  neg_sum.data_ptr(), pairs.data_ptr(), pairs.shape[1], inv_norm.data_ptr(),
+                  grad.data_ptr(), torch.get_num_threads())
     return grad
 
 

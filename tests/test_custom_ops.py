@@ -90,7 +90,7 @@ def test_cpu_kernels_write_every_output_element():
         g = torch.rand(B, dtype=torch.float64)
         lc, hc, lb, hb, lse, neg, pairs, inv = clean
         _cpu_backend._ext.backward(
-            *_cpu_backend._view_args(emb, labels), *opts, g.data_ptr(), g.data_ptr(),
+            *_cpu_backend._view_args(emb, labels), opts, g.data_ptr(), g.data_ptr(),
             hc.data_ptr(), hb.data_ptr(), lse.data_ptr(), neg.data_ptr(), pairs.data_ptr(),
             pairs.shape[1], inv.data_ptr(), grad.data_ptr(), 2)
         expect = _cpu_backend.backward(emb, labels, opts, g, g, hc.bool(), hb.bool(), lse, neg,
