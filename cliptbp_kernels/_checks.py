@@ -14,6 +14,13 @@ NEGATIVES = ("cross", "all")
 REDUCTIONS = ("mean", "sum", "none")
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 
+# Longest video (clips per sample) any backend accepts: T < 2^31. Clip indices then fit in 32
+# bits, as GPU kernels would keep them, and a canonical pair index i * T + j (i < j < T) stays
+# below 2^62, far inside the int64 the kernels store it in (the CPU ranking keys are 128-bit).
+# Memory runs out long before: the kernels keep about 120 bytes of bookkeeping per clip, so
+# T = 2^31 would need over 250 GB for that alone.
+MAX_T = 2**31 - 1
+
 
 def check_choice(name: str, value: object, choices: tuple) -> str:
     if not isinstance(value, str) or value not in choices:
@@ -58,6 +65,11 @@ def check_emb_labels(emb: object, labels: object, *, check_labels: bool = True) 
         raise ValueError(f"emb must have shape [B, T, D]; got {tuple(emb.shape)}")
     if emb.shape[2] < 1:
         raise ValueError(f"emb must have D >= 1; got shape {tuple(emb.shape)}")
+    if emb.shape[1] > MAX_T:
+        raise ValueError(
+            f"emb has T = {emb.shape[1]} clips per sample; at most T = 2^31 - 1 = {MAX_T} "
+            "are supported (32-bit clip indices)"
+        )
     if labels.dim() != 2:
         raise ValueError(f"labels must have shape [B, T]; got {tuple(labels.shape)}")
     if tuple(labels.shape) != tuple(emb.shape[:2]):

@@ -18,8 +18,11 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "cliptbp/boundary.h"
@@ -35,6 +38,34 @@ constexpr int64_t kRowBlock = 32;  // rows per work item; a multiple of kRowPad
 static_assert(kRowBlock % kRowPad == 0, "row block must be a multiple of the row padding");
 
 using Key = unsigned __int128;
+
+// An exception must not leave an OpenMP region (that ends the process through
+// std::terminate). Work inside a region runs through run(): the first exception is kept, the
+// rest of the work is skipped (every thread still reaches every barrier), and rethrow() after
+// the region raises it on the calling thread, so std::bad_alloc reaches Python as MemoryError.
+class RegionErrors {
+ public:
+  template <typename F>
+  void run(F&& f) {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(cliptbp_region_error)
+      {
+        if (!first_) first_ = std::current_exception();
+      }
+      failed_.store(true, std::memory_order_relaxed);
+    }
+  }
+  void rethrow() const {
+    if (first_) std::rethrow_exception(first_);
+  }
+
+ private:
+  std::atomic<bool> failed_{false};
+  std::exception_ptr first_;
+};
 
 inline Key make_key(float s, int64_t pair) {
   return (static_cast<Key>(ordered_bits(s)) << 64) | static_cast<Key>(~static_cast<uint64_t>(pair));
@@ -212,17 +243,20 @@ void build_lists(const EmbView& e, const int64_t* labels, Prep& P) {
 
 // Inverse norms of every valid clip (0 for padding, NaN for a non-finite clip). Runs as an
 // `omp for` inside a parallel region.
-void compute_norms(const EmbView& e, const int64_t* labels, double* inv_norm) {
+void compute_norms(const EmbView& e, const int64_t* labels, double* inv_norm,
+                   RegionErrors& errors) {
   const int64_t n = e.B * e.T;
 #pragma omp for schedule(static)
   for (int64_t f = 0; f < n; ++f) {
-    if (labels[f] < 0) {
-      inv_norm[f] = 0.0;
-      continue;
-    }
-    bool ok = true;
-    const double nrm = clip_norm(e, f / e.T, f % e.T, &ok);
-    inv_norm[f] = ok ? 1.0 / std::max(nrm, kNormEps) : NAN;
+    errors.run([&] {
+      if (labels[f] < 0) {
+        inv_norm[f] = 0.0;
+        return;
+      }
+      bool ok = true;
+      const double nrm = clip_norm(e, f / e.T, f % e.T, &ok);
+      inv_norm[f] = ok ? 1.0 / std::max(nrm, kNormEps) : NAN;
+    });
   }
 }
 
@@ -335,12 +369,13 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
   std::vector<Item> items;
   std::vector<std::pair<int64_t, int64_t>> windows;  // (b, w) of every window
   const double inv_tau = 1.0 / opt.tau;
+  RegionErrors errors;
 
 #pragma omp parallel num_threads(num_threads)
   {
-    compute_norms(e, labels, P.inv_norm);  // implicit barrier
+    compute_norms(e, labels, P.inv_norm, errors);  // implicit barrier
 #pragma omp single
-    {
+    errors.run([&] {
       mark_nonfinite(e, labels, P);
       if (opt.want_clip) {
         for (int64_t b = 0; b < B; ++b) {
@@ -354,28 +389,30 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
           if (!P.info[b].nonfinite)
             for (int64_t w = 0; w < P.info[b].n_win; ++w) windows.push_back({b, w});
       }
-    }  // implicit barrier
+    });  // implicit barrier
 
-    Scratch<CT> sc(D);
+    std::unique_ptr<Scratch<CT>> scratch;
+    errors.run([&] { scratch.reset(new Scratch<CT>(D)); });
     TopK heap;
     heap.cap = keff;
     int64_t heap_b = -1;
     auto flush = [&]() {
       if (heap_b >= 0 && !heap.heap.empty()) {
 #pragma omp critical(cliptbp_topk_merge)
-        {
+        errors.run([&] {
           TopK glob;
           glob.cap = keff;
           glob.heap.swap(sample_topk[heap_b]);
           for (Key k : heap.heap) glob.push(k);
           glob.heap.swap(sample_topk[heap_b]);
-        }
+        });
       }
       heap.heap.clear();
     };
 
 #pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t it = 0; it < static_cast<int64_t>(items.size()); ++it) {
+    for (int64_t it = 0; it < static_cast<int64_t>(items.size()); ++it) errors.run([&] {
+      Scratch<CT>& sc = *scratch;
       const int64_t b = items[it].b, r0 = items[it].r0;
       if (b != heap_b) {
         flush();
@@ -417,22 +454,20 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
         }
       }
       for (int64_t r = 0; r < nr; ++r) row_lse[b * T + r0 + r] = lse[r];
-    }
+    });
     flush();
 
     // Boundary sums around each window's centre.
-    CT* uc = sc.a.data();
-    CT* ui = sc.c.data();
 #pragma omp for schedule(dynamic, 4)
-    for (int64_t f = 0; f < static_cast<int64_t>(windows.size()); ++f) {
+    for (int64_t f = 0; f < static_cast<int64_t>(windows.size()); ++f) errors.run([&] {
       const int64_t b = windows[f].first, w = windows[f].second;
-      terms[b * T + w] =
-          window_terms(e, labels + b * T, P, b, P.windows_of(b)[w], opt.radius, uc, ui);
-    }
+      terms[b * T + w] = window_terms(e, labels + b * T, P, b, P.windows_of(b)[w], opt.radius,
+                                      scratch->a.data(), scratch->c.data());
+    });
 
     // Finalize per sample.
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < B; ++b) {
+    for (int64_t b = 0; b < B; ++b) errors.run([&] {
       const SampleInfo& info = P.info[b];
       int64_t* pairs = out.pairs + b * out.kcap;
       std::fill(pairs, pairs + out.kcap, int64_t(-1));
@@ -451,7 +486,7 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
           out.loss_boun[b] = NAN;
           out.has_boun[b] = 1;
         }
-        continue;
+        return;
       }
       if (opt.want_clip) {
         OnlineLSE total;
@@ -487,8 +522,9 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
           out.has_boun[b] = 1;
         }
       }
-    }
+    });
   }
+  errors.rethrow();
 }
 
 template <typename CT>
@@ -507,15 +543,22 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
     for (int64_t r0 = 0; r0 < P.info[b].n_gt; r0 += kRowBlock) items.push_back({b, r0});
   }
   const double inv_tau = 1.0 / opt.tau;
+  RegionErrors errors;
 #pragma omp parallel num_threads(num_threads)
   {
 #pragma omp for schedule(static)
     for (int64_t r = 0; r < B * T; ++r) std::fill(grad + r * D, grad + (r + 1) * D, CT(0));
 
-    Scratch<CT> sc(D);
+    std::unique_ptr<Scratch<CT>> scratch;
+    std::vector<CT> uw;
+    errors.run([&] {
+      scratch.reset(new Scratch<CT>(D));
+      uw.resize(static_cast<size_t>(std::max<int64_t>(D, 1)));
+    });
     // 1. Positive pairs: row i of the GT x GT block, d l / d u_i = sum_j c_ij u_j.
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < static_cast<int64_t>(items.size()); ++it) {
+    for (int64_t it = 0; it < static_cast<int64_t>(items.size()); ++it) errors.run([&] {
+      Scratch<CT>& sc = *scratch;
       const int64_t b = items[it].b, r0 = items[it].r0;
       const int64_t* lab = labels + b * T;
       const int64_t* gt = P.gt_of(b);
@@ -551,15 +594,14 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
         const CT* src = sc.GU.data() + r * D;
         for (int64_t d = 0; d < D; ++d) g[d] += src[d];
       }
-    }
+    });
 
     // 2. Chosen negatives and boundary terms, per sample in a fixed order.
-    CT* ua = sc.a.data();
-    CT* ub = sc.c.data();
-    std::vector<CT> uw(static_cast<size_t>(std::max<int64_t>(D, 1)));
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < B; ++b) {
-      if (P.info[b].nonfinite) continue;
+    for (int64_t b = 0; b < B; ++b) errors.run([&] {
+      if (P.info[b].nonfinite) return;
+      CT* ua = scratch->a.data();
+      CT* ub = scratch->c.data();
       const int64_t* lab = labels + b * T;
       const double* inv = P.inv_norm + b * T;
       CT* gb = grad + b * T * D;
@@ -611,17 +653,17 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
                        [&](int64_t i) { load_apply(win[w].c, i, cn); });
         }
       }
-    }
+    });
 
     // 3. Chain rule through u = v / max(||v||, eps).
 #pragma omp for schedule(static)
-    for (int64_t f = 0; f < B * T; ++f) {
+    for (int64_t f = 0; f < B * T; ++f) errors.run([&] {
       const int64_t b = f / T, i = f % T;
       CT* g = grad + f * D;
       // Rows without gradient (padding, untouched clips, non-finite samples) stay zero.
       bool any = false;
       for (int64_t d = 0; d < D; ++d) any = any || g[d] != CT(0);
-      if (!any || labels[f] < 0) continue;
+      if (!any || labels[f] < 0) return;
       const double inv = P.inv_norm[f];
       if (inv < 1.0 / kNormEps) {
         load_row(e, b, i, inv, uw.data(), 1);
@@ -632,8 +674,9 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
       } else {
         for (int64_t d = 0; d < D; ++d) g[d] = static_cast<CT>(static_cast<double>(g[d]) * inv);
       }
-    }
+    });
   }
+  errors.rethrow();
 }
 
 }  // namespace
