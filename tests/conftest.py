@@ -1,5 +1,13 @@
 """Test configuration. TRITON_INTERPRET must be set before any Triton kernel is defined, so
-the Triton kernels can run on CPU tensors through the interpreter."""
+the Triton kernels can run on CPU tensors through the interpreter.
+
+Hypothesis profiles for tests/test_properties.py (chosen with HYPOTHESIS_PROFILE, default "ci"):
+
+* "ci": bounded (the property file takes well under 90 s on 2 cores) and derandomized, so a
+  CI run is reproducible; failures print the blob that replays them.
+* "long": many more examples, random each run (the example database keeps failures):
+  ``HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest -q tests/test_properties.py``
+"""
 
 import os
 
@@ -12,6 +20,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+# the autouse thread-count fixture below is function scoped; it only restores a setting
+_SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+             HealthCheck.data_too_large, HealthCheck.large_base_example]
+settings.register_profile("ci", max_examples=120, deadline=None, derandomize=True,
+                          print_blob=True, suppress_health_check=_SUPPRESS)
+settings.register_profile("long", max_examples=2500, deadline=None, print_blob=True,
+                          suppress_health_check=_SUPPRESS)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True)
@@ -19,3 +37,12 @@ def _restore_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The example counts of the property tests, when they ran."""
+    mod = sys.modules.get("test_properties")
+    if mod is not None and getattr(mod, "COUNTS", None):
+        terminalreporter.section("property-based tests")
+        for line in mod.summary_lines():
+            terminalreporter.write_line(line)

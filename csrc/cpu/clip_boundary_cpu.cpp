@@ -496,12 +496,21 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
         std::sort(keys.begin(), keys.end(), std::greater<Key>());
         for (size_t n = 0; n < keys.size(); ++n) pairs[n] = key_pair(keys[n]);
         if (!total.empty()) {
+          // l = log(1 + sum_n exp(z_n - lse_P)) = softplus(lse_N - lse_P), with lse_N the
+          // log-sum-exp of the chosen negatives: precise when l is tiny (the log1p form of
+          // SPEC.md) and finite when a negative lies hundreds of tau above the positives.
           const double lse = total.value();
-          double A = 0.0;
-          for (Key k : keys) A += std::exp(static_cast<double>(key_value<CT>(k)) * inv_tau - lse);
+          double l = 0.0;
+          if (!keys.empty()) {
+            const double m = static_cast<double>(key_value<CT>(keys.front())) * inv_tau;
+            double sn = 0.0;
+            for (Key k : keys) sn += std::exp(static_cast<double>(key_value<CT>(k)) * inv_tau - m);
+            const double x = m + std::log(sn) - lse;
+            l = x > 0.0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x));
+          }
           out.lse_pos[b] = lse;
-          out.neg_sum[b] = A;
-          out.loss_clip[b] = std::log1p(A);
+          out.neg_sum[b] = l;
+          out.loss_clip[b] = l;
           out.has_clip[b] = 1;
         }
       }
@@ -564,8 +573,9 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
       const int64_t* gt = P.gt_of(b);
       const int64_t ng = P.info[b].n_gt;
       const int64_t nr = std::min(kRowBlock, ng - r0);
-      const double A = in.neg_sum[b], lse = in.lse_pos[b];
-      const double scale = in.grad_clip[b] * (-(A / (1.0 + A))) * inv_tau;
+      // d l / d z_p = -(A / (1 + A)) softmax_P(z_p), with A / (1 + A) = 1 - exp(-l)
+      const double l = in.neg_sum[b], lse = in.lse_pos[b];
+      const double scale = in.grad_clip[b] * std::expm1(-l) * inv_tau;
       const int64_t padded = sc.load_rows(e, P, b, gt + r0, nr);
       std::fill(sc.GU.begin(), sc.GU.begin() + nr * D, CT(0));
       for (int64_t cs = 0; cs < ng; cs += kTileCols) {
@@ -621,14 +631,15 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
         apply(i, j, coef);
       };
       if (opt.want_clip && in.has_clip[b] && in.grad_clip[b] != 0.0) {
-        const double A = in.neg_sum[b], lse = in.lse_pos[b];
-        const double scale = in.grad_clip[b] * inv_tau / (1.0 + A);
+        // d l / d z_n = exp(z_n - lse_P) / (1 + A) = exp(z_n - lse_P - l)
+        const double l = in.neg_sum[b], lse = in.lse_pos[b];
+        const double scale = in.grad_clip[b] * inv_tau;
         const int64_t* pairs = in.pairs + b * in.kcap;
         for (int64_t n = 0; n < in.kcap && pairs[n] >= 0; ++n) {
           const int64_t i = pairs[n] / T, j = pairs[n] % T;
           load_row(e, b, i, inv[i], ua, 1);
           load_row(e, b, j, inv[j], ub, 1);
-          apply(i, j, scale * std::exp(dot(ua, ub, D) * inv_tau - lse));
+          apply(i, j, scale * std::exp(dot(ua, ub, D) * inv_tau - lse - l));
         }
       }
       if (opt.want_boun && in.has_boun[b] && in.grad_boun[b] != 0.0) {

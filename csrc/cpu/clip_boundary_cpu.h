@@ -16,7 +16,7 @@ struct ForwardOutputs {
   double* loss_boun;   // [B] L_boun per sample
   uint8_t* has_boun;   // [B]
   double* lse_pos;     // [B] log-sum-exp of s/tau over the positives (saved for backward)
-  double* neg_sum;     // [B] sum over the chosen negatives of exp(s/tau - lse_pos)
+  double* neg_sum;     // [B] the negative term l = log(1 + sum_{N_k} exp(s/tau - lse_pos))
   int64_t* pairs;      // [B, kcap] chosen negative pair indices i*T+j in rank order, -1 padded
   int64_t kcap;        // row length of `pairs` (>= min(k, number of pairs))
   double* inv_norm;    // [B, T] 1 / max(||v_i||, eps); 0 for padding, NaN for non-finite clips
