@@ -61,10 +61,11 @@ NORM_EPS = 1e-8
 GAP = 1e-6  # SPEC.md: ranking ambiguity and hinge kink threshold
 RTOL, ATOL = 1e-4, 1e-6  # SPEC.md: float32 / float64 tolerance vs the float64 evaluation
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8)
-# Smallest tau drawn. With tau >= 0.003 the exponent s/tau - lse_P of a hard negative stays
-# below 2 / tau < 710, where exp() overflows float64; smaller tau is covered by
-# test_clip_loss_finite_with_small_tau_and_far_hard_negative below.
-TAU_MIN = 3e-3
+# Smallest tau drawn. float32: an error of ~1e-7 in s becomes ~1e-7 / tau in s / tau, so the
+# 1e-4 tolerance can be demanded down to tau ~ 0.003; float64 goes down to 1e-4, where a hard
+# negative can lie 2 / tau = 20,000 above lse_P (exp() alone would overflow past ~709; see
+# test_clip_loss_finite_with_small_tau_and_far_hard_negative).
+TAU_MIN = {torch.float32: 3e-3, torch.float64: 1e-4, torch.float16: 3e-3, torch.bfloat16: 3e-3}
 
 # --------------------------------------------------------------------------------------
 # counting
@@ -250,12 +251,13 @@ def embeddings(draw, B, T, D, dtype, max_exp=30, specials=True):
     if max_exp and draw(st.integers(0, 2)) == 0:
         exps = [draw(st.one_of(st.just(0), st.integers(-max_exp, max_exp))) for _ in range(B)]
         x = x * torch.tensor([10.0 ** e for e in exps], dtype=torch.float64)[:, None, None]
-    return x.to(dtype), exps
+    big = torch.finfo(dtype).max / 4  # finite in every dtype (16-bit: scaled clips overflow)
+    return x.clamp(-big, big).to(dtype), exps
 
 
 @st.composite
 def options(draw, dtype):
-    tau_min = TAU_MIN
+    tau_min = TAU_MIN[dtype]
     return dict(
         k=draw(st.one_of(st.integers(0, 12), st.integers(0, 300))),
         tau=draw(st.one_of(st.just(0.07), st.sampled_from([tau_min, 0.01, 1.0, 10.0]),
@@ -456,7 +458,8 @@ def clip_with_pairs(emb, labels, pairs, samples, opts):
         if len(p) == 0:
             loss = e.new_zeros(()) + 0.0 * lse
         else:
-            loss = torch.log1p(torch.exp(s[p[:, 0], p[:, 1]] / tau - lse).sum())
+            # log(1 + sum exp(.)) = softplus(logsumexp(.)): finite for any tau
+            loss = F.softplus(torch.logsumexp(s[p[:, 0], p[:, 1]] / tau - lse, 0))
         values[b] = loss.detach()
         total = total + wc[b] * loss
     (grad,) = torch.autograd.grad(total, e)
@@ -620,9 +623,10 @@ def compare_with_spec(backend, case, test, low_precision=False):
     # the hard negatives themselves
     n_exact = check_pairs(got_pairs, ref_pairs, A, k, T, backend)
 
-    # tiny inputs: the float64 evaluation itself against the loop oracle
+    # tiny inputs: the float64 evaluation itself against the loop oracle (which sums
+    # exp(s/tau - lse_P) directly, so only where that cannot overflow: 2 / tau < 700)
     oracle_checked = 0
-    if T <= 14 and D <= 16:
+    if T <= 14 and D <= 16 and opts["tau"] > 2 / 700:
         ol, _ = oracle.oracle_clip(emb, labels, k, opts["tau"], opts["positives"],
                                    opts["negatives"])
         ob = oracle.oracle_boundary(emb, labels, opts["radius"], opts["margin_max"],
@@ -685,9 +689,6 @@ def exact_cases(draw, dtypes):
     return Case(emb, labels, opts, [0] * B)
 
 
-@pytest.mark.xfail(strict=False, reason="open: the derandomized ci run found inputs where "
-                   "this property fails (see docs/testing.md, 'Open findings'); under "
-                   "investigation")
 @pytest.mark.parametrize("backend", FUSED)
 @scaled(0.5)
 @given(case=exact_cases((torch.float32, torch.float64, torch.bfloat16, torch.float16)))
@@ -725,9 +726,6 @@ def test_exact_ties_follow_the_tie_rule(backend, case):
            max_k=opts["k"])
 
 
-@pytest.mark.xfail(strict=False, reason="open: the derandomized ci run found inputs where "
-                   "this property fails (see docs/testing.md, 'Open findings'); under "
-                   "investigation")
 @pytest.mark.parametrize("backend", FUSED)
 @scaled(0.3)
 @given(case=cases(dtypes=(torch.float16, torch.bfloat16), max_T=160, max_exp=3))
@@ -811,15 +809,25 @@ def test_reductions_consistent(backend, case):
     gradients; the mean of a batch without any loss is 0."""
     emb, labels, opts, _ = case
     A = analyse(emb, labels, opts)
+    # rounding allowance of a gradient with upstream 1 per sample (see rounding_slack): the
+    # backward runs again with another upstream gradient, so its rounding may differ
+    pairs = ck.hard_negative_pairs(emb.double(), labels, backend="reference",
+                                   **_sub(opts, PAIR_KEYS))
+    _, _, dsc, dsb = similarity_level(A, pairs, opts)
+    wc, wb = sample_weights(emb.shape[0])
+    slack_c = rounding_slack(A, dsc / wc[:, None, None], emb.dtype).norm()
+    slack_b = rounding_slack(A, dsb / wb[:, None, None], emb.dtype).norm()
     e = emb.detach().clone().requires_grad_(True)
     nc, nb = ck.clip_boundary_losses(e, labels, backend=backend, reduction="none", **opts)
     (gnc,) = torch.autograd.grad(nc.sum(), e, retain_graph=True)
     (gnb,) = torch.autograd.grad(nb.sum(), e)
+    slack_used = 0
     for red in ("sum", "mean"):
         sc, sb, gsc, gsb = run_split(backend, emb, labels, opts, reduction=red)
         assert sc.shape == () and sb.shape == ()
-        for val, per, g, gper, has, name in ((sc, nc, gsc, gnc, A.has_clip, "L_clip"),
-                                             (sb, nb, gsb, gnb, A.has_boun, "L_boun")):
+        for val, per, g, gper, has, slack, name in (
+                (sc, nc, gsc, gnc, A.has_clip, slack_c, "L_clip"),
+                (sb, nb, gsb, gnb, A.has_boun, slack_b, "L_boun")):
             count = int(has.sum()) if red == "mean" else 1
             if red == "mean" and count == 0:
                 assert val.item() == 0.0 and (g == 0).all(), name
@@ -829,10 +837,12 @@ def test_reductions_consistent(backend, case):
             assert abs(val.double() - want) <= tol, (red, name, val.item(), want.item())
             gwant = gper.double() / count
             err = (g.double() - gwant).norm()
-            assert err <= 1e-6 * gwant.norm() + 1e-12, (red, name, "grad")
+            assert err <= RTOL * gwant.norm() + ATOL + 2 * slack / count, (red, name, "grad")
+            slack_used += int(err > RTOL * gwant.norm() + ATOL)
     _count(f"reductions[{backend}]", examples=1, samples=emb.shape[0],
            samples_without_clip_loss=int((~A.has_clip).sum()),
-           samples_without_boun_loss=int((~A.has_boun).sum()))
+           samples_without_boun_loss=int((~A.has_boun).sum()),
+           grad_rounding_slack_used=slack_used)
 
 
 # --------------------------------------------------------------------------------------
