@@ -4,7 +4,8 @@
 |-------------|-----------------------------|-------------------------------------------------|
 | "reference" | any device                  | plain PyTorch, materialises T x T (the baseline) |
 | "cpu"       | CPU tensors                 | fused C++/OpenMP kernels (`_C_cpu`)             |
-| "triton"    | CUDA tensors                | fused Triton kernels (not in this build yet)    |
+| "triton"    | CUDA tensors (CPU tensors   | fused Triton kernels                            |
+|             | under TRITON_INTERPRET=1)   |                                                 |
 | "cuda"      | CUDA tensors                | fused CUDA C++ kernels (not in this build yet)  |
 
 "auto" picks the fastest backend that can run on the input's device and falls back to
@@ -18,10 +19,10 @@ from typing import List, Optional
 
 import torch
 
-from . import _cpu_backend
+from . import _cpu_backend, _triton_backend
 
 # Fastest first, per device type, as the benchmarks show.
-_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ()}
+_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton",)}
 _warned_fallback: set = set()
 
 
@@ -36,7 +37,9 @@ def _why_not(backend: str, device: torch.device) -> Optional[str]:
         if device.type != "cpu":
             return f"it runs on CPU tensors only, and the input is on {device}"
         return None
-    if backend in ("triton", "cuda"):
+    if backend == "triton":
+        return _triton_backend.why_not(device)
+    if backend == "cuda":
         return f"the {backend!r} kernels are not part of this version of cliptbp_kernels"
     return f"unknown backend {backend!r}"
 
@@ -81,4 +84,6 @@ def fused_ops(backend: str):
     """The registered custom ops of a fused backend."""
     if backend == "cpu":
         return _cpu_backend.OPS
+    if backend == "triton":
+        return _triton_backend.OPS
     raise ValueError(f"backend {backend!r} has no fused ops")

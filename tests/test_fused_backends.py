@@ -267,7 +267,10 @@ def test_gradcheck_float64(backend):
                                          tau=0.5)
         return lc, lb
 
-    assert torch.autograd.gradcheck(fn, (emb,), eps=1e-6, atol=1e-5, rtol=1e-4)
+    # the interpreted Triton kernels take ~0.4 s a call: fast mode checks random projections
+    # of the Jacobian (a few calls) instead of all 210 columns
+    assert torch.autograd.gradcheck(fn, (emb,), eps=1e-6, atol=1e-5, rtol=1e-4,
+                                    fast_mode=backend == "triton")
 
 
 @pytest.mark.parametrize("backend", FUSED + ["reference"])

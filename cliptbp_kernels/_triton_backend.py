@@ -1,0 +1,294 @@
+"""The fused Triton backend: launchers of the kernels in `cliptbp_kernels._triton_kernels`.
+
+Runs on CUDA tensors, and on CPU tensors when the Triton interpreter is on
+(``TRITON_INTERPRET=1`` set before the kernels are defined, as the tests do). The interpreter
+and the GPU use separate block sizes: large blocks keep the interpreter fast, the GPU sizes
+suit its registers.
+
+Limits (checked before any kernel runs, `ValueError` past them): ``T <= 65,536`` (the pair
+index of a ranking key has 32 bits) and ``min(k, T (T - 1) / 2) <= 1024`` (the running top-k
+lives in registers). float64 inputs are computed in float64; their hard negatives are ranked
+by the similarity rounded to float32 (a monotone map, so only values within one float32 ulp
+of each other, about 6e-8, can be ranked as ties: SPEC.md demands the exact set only where
+the gap exceeds 1e-6 or values are exact).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._custom_ops import compute_dtype, kcap_for, register_fused_backend
+
+try:
+    import triton
+    import triton.language as tl
+
+    from . import _triton_kernels as K
+    IMPORT_ERROR: Optional[str] = None
+except Exception as exc:  # pragma: no cover - exercised only without triton
+    triton = tl = K = None
+    IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+
+MAX_T = 65536
+MAX_K = 1024
+
+
+def available() -> bool:
+    return K is not None
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def why_not(device: torch.device) -> Optional[str]:
+    """None if the Triton kernels can run on `device`, else the reason."""
+    if K is None:
+        return f"triton is not installed or failed to import ({IMPORT_ERROR})"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and interpreting():
+        return None
+    return (f"it runs on CUDA tensors (and on CPU tensors only under TRITON_INTERPRET=1), "
+            f"and the input is on {device}")
+
+
+def check_limits(T: int, k: int, want_clip: bool = True) -> None:
+    """ValueError when the input exceeds what the Triton kernels serve."""
+    if T > MAX_T:
+        raise ValueError(f"backend='triton' supports T up to {MAX_T} clips (pair indices "
+                         f"of 32 bits), got T={T}; use backend='cpu' or 'reference'")
+    kcap = kcap_for(k, T) if want_clip else 0
+    if kcap > MAX_K:
+        raise ValueError(f"backend='triton' supports k up to {MAX_K} (more precisely "
+                         f"min(k, T*(T-1)/2) <= {MAX_K}), got k={k} with T={T}; use "
+                         "backend='cpu' or 'reference'")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _split(x: float):
+    """x as two float32 values hi + lo (Triton passes Python floats as float32)."""
+    hi = float(torch.tensor(x, dtype=torch.float32))
+    return hi, float(torch.tensor(x - hi, dtype=torch.float32))
+
+
+class _Blocks:
+    """Block sizes of one launch: interpreter or GPU, float64 or not. On the GPU every dot
+    operand dimension is at least 16 (masking covers smaller D)."""
+
+    def __init__(self, T: int, D: int, f64: bool, KP: int):
+        interp = interpreting()
+        if interp:
+            self.BM = self.BN = 64
+            self.BK = min(_pow2(D), 32 if f64 else 128)
+            self.BW, self.BP = 64, 256
+            self.cols_per_split = 1 << 30  # one column split: fewer programs
+            self.warps = 1
+        elif f64:
+            self.BM = self.BN = 16
+            self.BK = 16
+            self.BW, self.BP = 16, 128
+            self.cols_per_split = 512
+            self.warps = 4
+        else:
+            self.BM, self.BN = 64, 64
+            self.BK = max(16, min(_pow2(D), 32))
+            self.BW, self.BP = 16, 128
+            self.cols_per_split = 512
+            self.warps = 4
+        self.BDO = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 16 if f64 else 64))
+        self.BPK = max(1, 4096 // max(KP, 1))  # partial top-k lists merged per step
+        self.BW = min(self.BW, _pow2(T))  # windows per program (a sample has at most T)
+        self.BKV = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 64))  # vector loops
+
+
+class _Prep:
+    """Per-sample index lists, built with a few torch ops on the input's device.
+
+    rows_gt [B, T]: the GT clips ordered by (label, clip), count ng [B]; rows_valid [B, T]:
+    the valid clips in order, count nvalid [B]; win [B, T, 4]: (label, js, je, centre) of each
+    window (ordered by label), count nwin [B]."""
+
+    def __init__(self, labels: Tensor):
+        B, T = labels.shape
+        dev = labels.device
+        lab = labels
+        ar = torch.arange(T, device=dev, dtype=torch.int64)
+        big = torch.iinfo(torch.int64).max
+        gt = lab >= 1
+        valid = lab >= 0
+        self.ng = gt.sum(1)
+        self.nvalid = valid.sum(1)
+        skey = torch.where(gt, lab * T + ar, big).sort(dim=1).values
+        in_gt = ar < self.ng[:, None]
+        slab = torch.where(in_gt, skey // max(T, 1), -1)
+        self.rows_gt = torch.where(in_gt, skey % max(T, 1), 0).contiguous()
+        self.rows_valid = torch.where(valid, ar, T).sort(dim=1).values.clamp_max(max(T - 1, 0))
+        self.rows_valid = self.rows_valid.contiguous()
+        prev = torch.cat([torch.full((B, 1), -1, device=dev, dtype=torch.int64), slab[:, :-1]], 1)
+        new = in_gt & (slab != prev)
+        self.nwin = new.sum(1)
+        wid = new.cumsum(1) - 1
+        start = torch.zeros((B, T + 1), device=dev, dtype=torch.int64)
+        start.scatter_(1, torch.where(new, wid, T), ar.expand(B, T).contiguous())
+        start = start[:, :T]
+        w = ar[None, :]
+        nxt = torch.cat([start[:, 1:], torch.zeros((B, 1), device=dev, dtype=torch.int64)], 1)
+        end = torch.where(w + 1 < self.nwin[:, None], nxt - 1, self.ng[:, None] - 1)
+        end = end.clamp(0, max(T - 1, 0))
+        cpos = start + (end - start) // 2
+        take = lambda x, i: x.gather(1, i.clamp(0, max(T - 1, 0)))  # noqa: E731
+        self.win = torch.stack([take(slab, start), take(self.rows_gt, start),
+                                take(self.rows_gt, end), take(self.rows_gt, cpos)], 2).contiguous()
+
+
+def _view(emb: Tensor):
+    B, T, D = emb.shape
+    sb, st, sd = emb.stride()
+    return T, D, sb, st, sd
+
+
+def _norms(emb: Tensor, labels: Tensor, blk: _Blocks) -> Tensor:
+    B, T, D = emb.shape
+    inv = torch.empty((B, T), dtype=torch.float64, device=emb.device)
+    BMn = 64 if interpreting() else 32
+    K._norm_kernel[(triton.cdiv(T, BMn), B)](emb, labels, inv, *_view(emb), BM=BMn,
+                                             BK=min(_pow2(D), 128), num_warps=blk.warps)
+    return inv
+
+
+def _bad(inv: Tensor, labels: Tensor) -> Tensor:
+    return (torch.isnan(inv) & (labels >= 0)).any(1).to(torch.int32)
+
+
+def _window_terms(emb, labels, inv, prep, bad, radius, blk, CT):
+    B, T, D = emb.shape
+    term = torch.empty((B, T, 4), dtype=torch.float64, device=emb.device)
+    BO = _pow2(6 * radius + 3)
+    # [BW, BO, BK] gathered values per step: bounded on the GPU (registers)
+    BK = blk.BKV if interpreting() else max(1, min(blk.BKV, 8192 // (blk.BW * BO)))
+    K._window_kernel[(triton.cdiv(T, blk.BW), B)](
+        emb, labels, inv, prep.win, prep.nwin, bad, term, *_view(emb), radius,
+        BW=blk.BW, BO=BO, BK=_pow2(BK), CT=CT, num_warps=blk.warps)
+    return term
+
+
+def _ct(dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def forward(emb: Tensor, labels: Tensor, opts: tuple):
+    k, tau, positives, negatives, radius, mmax, mbase, mscale, want_clip, want_boun = opts
+    labels = labels.to(torch.int64).contiguous()
+    B, T = labels.shape
+    dev = emb.device
+    check_limits(T, k, want_clip)
+    kcap = kcap_for(k, T)
+    f64 = dict(dtype=torch.float64, device=dev)
+    loss_c, loss_b = torch.empty(B, **f64), torch.empty(B, **f64)
+    has_c = torch.empty(B, dtype=torch.uint8, device=dev)
+    has_b = torch.empty(B, dtype=torch.uint8, device=dev)
+    lse, lval = torch.empty(B, **f64), torch.empty(B, **f64)
+    if emb.numel() == 0:
+        pairs = torch.full((B, kcap), -1, dtype=torch.int64, device=dev)
+        for t in (loss_c, loss_b, has_c, has_b, lse, lval):
+            t.zero_()
+        return loss_c, has_c, loss_b, has_b, lse, lval, pairs, torch.zeros((B, T), **f64)
+    D = emb.shape[2]
+    is64 = emb.dtype == torch.float64
+    CT = _ct(emb.dtype)
+    has_k = bool(want_clip and kcap > 0)
+    KP = max(2, _pow2(kcap)) if has_k else 2  # tl.topk needs k >= 2
+    blk = _Blocks(T, D, is64, KP)
+    inv = _norms(emb, labels, blk)
+    bad = _bad(inv, labels)
+    prep = _Prep(labels)
+    all_neg = negatives == 1
+    rows, nrows = (prep.rows_valid, prep.nvalid) if all_neg else (prep.rows_gt, prep.ng)
+    n_tiles = triton.cdiv(T, blk.BN)
+    nsplit = max(1, min(64, triton.cdiv(T, blk.cols_per_split)))
+    tps = triton.cdiv(n_tiles, nsplit)
+    nsplit = triton.cdiv(n_tiles, tps)
+    nrb = triton.cdiv(T, blk.BM)
+    if want_clip and B * nrb * nsplit * KP > (1 << 22):
+        # size the partial buffers by the rows actually present (one sync)
+        nrb = max(1, triton.cdiv(int(nrows.max()), blk.BM))
+    ith, itl = _split(1.0 / tau)
+    blk.BP = min(blk.BP, _pow2(nrb * nsplit))  # partial results merged per step
+    blk.BPK = min(blk.BPK, _pow2(nrb * nsplit))
+    nparts = B * nrb * nsplit if want_clip else 1
+    lse_m = torch.empty(nparts, **f64)
+    lse_s = torch.empty(nparts, **f64)
+    top = torch.empty(nparts * KP if has_k else 1, dtype=torch.int64, device=dev)
+    if want_clip:
+        K._clip_fwd_kernel[(nrb, nsplit, B)](
+            emb, labels, inv, rows, nrows, bad, lse_m, lse_s, top, *_view(emb), ith, itl,
+            nrb, nsplit, tps, k, SAME=positives == 1, ALL=all_neg, KP=KP, HAS_K=has_k,
+            BM=blk.BM, BN=blk.BN, BK=blk.BK, CT=CT, IS_F64=is64, num_warps=blk.warps)
+    term = _window_terms(emb, labels, inv, prep, bad, radius, blk, CT) if want_boun else lse_m
+    m = [_split(float(x)) for x in (mmax, mbase, mscale)]
+    keys = torch.full((B, KP), K.INT64_MIN, dtype=torch.int64, device=dev)
+    K._finalize_kernel[(B,)](
+        emb, labels, inv, nrows, prep.nvalid, bad, prep.win, prep.nwin, term, lse_m, lse_s, top,
+        loss_c, has_c, loss_b, has_b, lse, lval, keys, *_view(emb), ith, itl, nrb, nsplit,
+        k, *m[0], *m[1], *m[2], WANT_CLIP=bool(want_clip), WANT_BOUN=bool(want_boun),
+        KP=KP, HAS_K=has_k, BM=blk.BM, BP=blk.BP, BPK=blk.BPK, BK=blk.BK, BW=blk.BW, CT=CT,
+        num_warps=blk.warps)
+    # rank order: largest key first (ties cannot occur: every key holds its pair index)
+    keys = keys.sort(dim=1, descending=True).values[:, :kcap]
+    pairs = torch.where(keys > K.INT64_MIN, K.LOW32 - (keys & K.LOW32), -1)
+    return loss_c, has_c, loss_b, has_b, lse, lval, pairs, inv
+
+
+def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_boun: Tensor,
+             has_clip: Tensor, has_boun: Tensor, lse: Tensor, lval: Tensor, pairs: Tensor,
+             inv: Tensor):
+    k, tau, positives, negatives, radius, mmax, mbase, mscale, want_clip, want_boun = opts
+    labels = labels.to(torch.int64).contiguous()
+    grad = torch.zeros(emb.shape, dtype=compute_dtype(emb.dtype), device=emb.device)
+    if emb.numel() == 0:
+        return grad
+    B, T, D = emb.shape
+    is64 = emb.dtype == torch.float64
+    CT = _ct(emb.dtype)
+    has_c = has_clip.to(torch.uint8).contiguous()
+    has_b = has_boun.to(torch.uint8).contiguous()
+    lse, lval, pairs, inv = lse.contiguous(), lval.contiguous(), pairs.contiguous(), inv.contiguous()
+    kcap = pairs.shape[1]
+    blk = _Blocks(T, D, is64, max(2, _pow2(kcap)))
+    bad = _bad(inv, labels)
+    prep = _Prep(labels)
+    ith, itl = _split(1.0 / tau)
+    if want_clip:
+        BDO = blk.BDO
+        K._pos_bwd_kernel[(triton.cdiv(T, blk.BM), triton.cdiv(D, BDO), B)](
+            emb, labels, inv, prep.rows_gt, prep.ng, bad, has_c, grad_clip, lse, lval, grad,
+            *_view(emb), ith, itl, SAME=positives == 1, BM=blk.BM, BN=min(blk.BN, 64),
+            BK=blk.BK, BDO=BDO, CT=CT, IS_F64=is64, num_warps=blk.warps)
+    term = _window_terms(emb, labels, inv, prep, bad, radius, blk, CT) if want_boun else lse
+    m = [_split(float(x)) for x in (mmax, mbase, mscale)]
+    coef = torch.empty((B, max(kcap, 1)), dtype=torch.float64, device=emb.device)
+    has_neg = bool(want_clip and kcap > 0)
+    K._sparse_bwd_kernel[(B,)](
+        emb, labels, inv, grad, pairs, coef, bad, has_c, grad_clip, lse, lval, has_b, grad_boun,
+        prep.win, prep.nwin, term, prep.nvalid, *_view(emb), kcap, ith, itl, radius,
+        *m[0], *m[1], *m[2], WANT_CLIP=has_neg, WANT_BOUN=bool(want_boun),
+        KP=max(2, _pow2(kcap)), BK=blk.BKV, BO=_pow2(6 * radius + 3), BW=blk.BW, CT=CT,
+        num_warps=blk.warps)
+    BMc = 64 if interpreting() else 32
+    K._chain_kernel[(triton.cdiv(T, BMc), B)](
+        emb, labels, inv, bad, grad, pairs, coef, *_view(emb), kcap, HAS_NEG=has_neg, BM=BMc,
+        BN=64 if interpreting() else 16, BK=blk.BKV if interpreting() else blk.BK, CT=CT,
+        IS_F64=is64, num_warps=blk.warps)
+    return grad
+
+
+OPS = register_fused_backend("triton", ("cpu", "cuda"), forward, backward) if available() else None
