@@ -70,6 +70,31 @@ def check_limits(T: int, k: int, want_clip: bool = True) -> None:
                          "backend='cpu' or 'reference'")
 
 
+# When set (by `record_launches`), launches are recorded instead of run: the GPU compile
+# check (tests/test_triton_compile.py) compiles exactly what the launchers would launch.
+_RECORDER: Optional[list] = None
+
+
+def _launch(kernel, grid, *args, **meta):
+    if _RECORDER is not None:
+        _RECORDER.append((kernel, args, meta))
+        return
+    kernel[grid](*args, **meta)
+
+
+class record_launches:
+    """Context manager: kernel launches inside are appended to the list it returns, not run."""
+
+    def __enter__(self):
+        global _RECORDER
+        _RECORDER = []
+        return _RECORDER
+
+    def __exit__(self, *exc):
+        global _RECORDER
+        _RECORDER = None
+
+
 def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -160,7 +185,7 @@ def _norms(emb: Tensor, labels: Tensor, blk: _Blocks) -> Tensor:
     B, T, D = emb.shape
     inv = torch.empty((B, T), dtype=torch.float64, device=emb.device)
     BMn = 64 if interpreting() else 32
-    K._norm_kernel[(triton.cdiv(T, BMn), B)](emb, labels, inv, *_view(emb), BM=BMn,
+    _launch(K._norm_kernel, (triton.cdiv(T, BMn), B), emb, labels, inv, *_view(emb), BM=BMn,
                                              BK=min(_pow2(D), 128), num_warps=blk.warps)
     return inv
 
@@ -175,7 +200,7 @@ def _window_terms(emb, labels, inv, prep, bad, radius, blk, CT):
     BO = _pow2(6 * radius + 3)
     # [BW, BO, BK] gathered values per step: bounded on the GPU (registers)
     BK = blk.BKV if interpreting() else max(1, min(blk.BKV, 8192 // (blk.BW * BO)))
-    K._window_kernel[(triton.cdiv(T, blk.BW), B)](
+    _launch(K._window_kernel, (triton.cdiv(T, blk.BW), B),
         emb, labels, inv, prep.win, prep.nwin, bad, term, *_view(emb), radius,
         BW=blk.BW, BO=BO, BK=_pow2(BK), CT=CT, num_warps=blk.warps)
     return term
@@ -229,14 +254,14 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     lse_s = torch.empty(nparts, **f64)
     top = torch.empty(nparts * KP if has_k else 1, dtype=torch.int64, device=dev)
     if want_clip:
-        K._clip_fwd_kernel[(nrb, nsplit, B)](
+        _launch(K._clip_fwd_kernel, (nrb, nsplit, B),
             emb, labels, inv, rows, nrows, bad, lse_m, lse_s, top, *_view(emb), ith, itl,
             nrb, nsplit, tps, k, SAME=positives == 1, ALL=all_neg, KP=KP, HAS_K=has_k,
             BM=blk.BM, BN=blk.BN, BK=blk.BK, CT=CT, IS_F64=is64, num_warps=blk.warps)
     term = _window_terms(emb, labels, inv, prep, bad, radius, blk, CT) if want_boun else lse_m
     m = [_split(float(x)) for x in (mmax, mbase, mscale)]
-    keys = torch.full((B, KP), K.INT64_MIN, dtype=torch.int64, device=dev)
-    K._finalize_kernel[(B,)](
+    keys = torch.full((B, KP), K.I64_MIN, dtype=torch.int64, device=dev)
+    _launch(K._finalize_kernel, (B,),
         emb, labels, inv, nrows, prep.nvalid, bad, prep.win, prep.nwin, term, lse_m, lse_s, top,
         loss_c, has_c, loss_b, has_b, lse, lval, keys, *_view(emb), ith, itl, nrb, nsplit,
         k, *m[0], *m[1], *m[2], WANT_CLIP=bool(want_clip), WANT_BOUN=bool(want_boun),
@@ -244,7 +269,7 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
         num_warps=blk.warps)
     # rank order: largest key first (ties cannot occur: every key holds its pair index)
     keys = keys.sort(dim=1, descending=True).values[:, :kcap]
-    pairs = torch.where(keys > K.INT64_MIN, K.LOW32 - (keys & K.LOW32), -1)
+    pairs = torch.where(keys > K.I64_MIN, K.I64_LOW32 - (keys & K.I64_LOW32), -1)
     return loss_c, has_c, loss_b, has_b, lse, lval, pairs, inv
 
 
@@ -269,7 +294,7 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     ith, itl = _split(1.0 / tau)
     if want_clip:
         BDO = blk.BDO
-        K._pos_bwd_kernel[(triton.cdiv(T, blk.BM), triton.cdiv(D, BDO), B)](
+        _launch(K._pos_bwd_kernel, (triton.cdiv(T, blk.BM), triton.cdiv(D, BDO), B),
             emb, labels, inv, prep.rows_gt, prep.ng, bad, has_c, grad_clip, lse, lval, grad,
             *_view(emb), ith, itl, SAME=positives == 1, BM=blk.BM, BN=min(blk.BN, 64),
             BK=blk.BK, BDO=BDO, CT=CT, IS_F64=is64, num_warps=blk.warps)
@@ -277,14 +302,14 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     m = [_split(float(x)) for x in (mmax, mbase, mscale)]
     coef = torch.empty((B, max(kcap, 1)), dtype=torch.float64, device=emb.device)
     has_neg = bool(want_clip and kcap > 0)
-    K._sparse_bwd_kernel[(B,)](
+    _launch(K._sparse_bwd_kernel, (B,),
         emb, labels, inv, grad, pairs, coef, bad, has_c, grad_clip, lse, lval, has_b, grad_boun,
         prep.win, prep.nwin, term, prep.nvalid, *_view(emb), kcap, ith, itl, radius,
         *m[0], *m[1], *m[2], WANT_CLIP=has_neg, WANT_BOUN=bool(want_boun),
         KP=max(2, _pow2(kcap)), BK=blk.BKV, BO=_pow2(6 * radius + 3), BW=blk.BW, CT=CT,
         num_warps=blk.warps)
     BMc = 64 if interpreting() else 32
-    K._chain_kernel[(triton.cdiv(T, BMc), B)](
+    _launch(K._chain_kernel, (triton.cdiv(T, BMc), B),
         emb, labels, inv, bad, grad, pairs, coef, *_view(emb), kcap, HAS_NEG=has_neg, BM=BMc,
         BN=64 if interpreting() else 16, BK=blk.BKV if interpreting() else blk.BK, CT=CT,
         IS_F64=is64, num_warps=blk.warps)

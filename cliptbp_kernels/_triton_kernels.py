@@ -45,10 +45,14 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def _device(fn):
     return fn if _INTERPRET else triton.jit(fn)
 
-INT64_MIN = -9223372036854775808
-INT64_MAX = 9223372036854775807
-LOW32 = 4294967295  # 2^32 - 1
-NORM_EPS = 1e-8
+# plain Python values (for the launchers) and their constexpr twins (for the kernels)
+I64_MIN = -9223372036854775808
+I64_MAX = 9223372036854775807
+I64_LOW32 = 4294967295  # 2^32 - 1
+INT64_MIN = tl.constexpr(I64_MIN)
+INT64_MAX = tl.constexpr(I64_MAX)
+LOW32 = tl.constexpr(I64_LOW32)
+NORM_EPS = tl.constexpr(1e-8)
 
 
 @_device

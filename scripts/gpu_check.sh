@@ -8,9 +8,11 @@
 # Stages:
 #   build      nvidia-smi, nvcc version, `pip install --no-build-isolation -e .` (no network
 #              needed: torch, triton, pybind11, cmake, ninja must be installed already)
-#   smoke      one call per available backend on CUDA tensors, determinism, TF32 off,
+#   smoke      one call per available backend (triton included) on CUDA tensors,
+#              determinism, TF32 off,
 #              the CUDA module's runtime (scripts/gpu_smoke.py)
-#   tests      the test suite (GPU tests included; they skip only without a GPU)
+#   tests      the GPU tests first (tests/test_gpu.py: every GPU backend against SPEC.md), then
+#              the whole suite, with the Triton kernels compiled (TRITON_INTERPRET=0)
 #   sanitizer  compute-sanitizer memcheck and racecheck over the CUDA module's smoke calls
 #   bench      bench.harness --device cuda (+ plot), results in $OUT/cuda.csv and cuda.png
 #
@@ -47,19 +49,27 @@ stage_build() {
   "$PY" -c "import cliptbp_kernels as ck; print('backends', ck.available_backends())"
 }
 
-stage_smoke() { "$PY" scripts/gpu_smoke.py --out "$OUT"; }
+stage_smoke() { TRITON_INTERPRET=0 "$PY" scripts/gpu_smoke.py --out "$OUT"; }
 
-stage_tests() { "$PY" -m pytest -q -ra tests bench -p no:cacheprovider --junitxml "$OUT/tests.xml"; }
+# TRITON_INTERPRET=0: the Triton kernels compiled for the GPU (the tests' default is the
+# CPU interpreter, which would also serve CUDA tensors)
+stage_tests() {
+  TRITON_INTERPRET=0 "$PY" -m pytest -q -ra tests/test_gpu.py tests/test_api.py \
+    tests/test_custom_ops.py -p no:cacheprovider --junitxml "$OUT/tests_gpu.xml" || return 1
+  TRITON_INTERPRET=0 "$PY" -m pytest -q -ra tests bench -p no:cacheprovider \
+    --ignore=tests/test_triton_compile.py --junitxml "$OUT/tests.xml"
+}
 
 stage_sanitizer() {
   local cs
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
   for tool in memcheck racecheck; do
-    "$cs" --tool "$tool" --error-exitcode 9 "$PY" scripts/gpu_smoke.py --out "$OUT/$tool" --sanitizer || return 1
+    TRITON_INTERPRET=0 "$cs" --tool "$tool" --error-exitcode 9 "$PY" scripts/gpu_smoke.py --out "$OUT/$tool" --sanitizer || return 1
   done
 }
 
 stage_bench() {
+  export TRITON_INTERPRET=0
   "$PY" -m bench.harness --device cuda --csv "$OUT/cuda.csv" --case-timeout 240 &&
   "$PY" -m bench.harness --device cuda --csv "$OUT/cuda.csv" --case-timeout 240 \
       --shapes qvh,tacos,long4k --modes crit_fwdbwd &&

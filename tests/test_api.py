@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cliptbp_kernels as ck
-from cliptbp_kernels import _backends
+from cliptbp_kernels import _backends, _triton_backend
 from cases import make_batch
 
 BACKENDS = ck.available_backends("cpu")
@@ -124,7 +124,42 @@ def test_available_backends():
     names = ck.available_backends()
     assert names[0] == "reference"
     assert set(names) <= {"reference", "cpu", "triton", "cuda"}
-    assert ck.available_backends("cpu") == [n for n in names if n in ("reference", "cpu")]
+    on_cpu = ["reference", "cpu", "triton"] if _triton_backend.interpreting() else ["reference",
+                                                                                    "cpu"]
+    assert ck.available_backends("cpu") == [n for n in names if n in on_cpu]
+
+
+@pytest.mark.skipif(not _triton_backend.available(), reason="triton is not installed")
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    emb, labels = good()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "triton" not in ck.available_backends("cpu")
+    with pytest.raises(ValueError, match="backend='triton' cannot run here: .*TRITON_INTERPRET"):
+        ck.clip_pair_loss(emb, labels, backend="triton")
+    # on CUDA tensors "auto" takes the Triton kernels (no GPU is needed to decide that)
+    assert _backends.resolve("auto", torch.device("cuda")) == "triton"
+
+
+@pytest.mark.skipif("triton" not in ck.available_backends("cpu"), reason="needs the interpreter")
+def test_triton_limits_raise_before_any_kernel():
+    emb = torch.randn(1, 8, 4)
+    labels = torch.zeros(1, 8, dtype=torch.long)
+    labels[0, :2] = 1
+    from cliptbp_kernels._triton_backend import MAX_K, MAX_T, check_limits
+    with pytest.raises(ValueError, match=f"k up to {MAX_K}"):
+        check_limits(2000, MAX_K + 1)
+    check_limits(2000, MAX_K)  # the limit itself is served
+    check_limits(40, 5000)  # k above the number of pairs (780) is fine
+    with pytest.raises(ValueError, match=f"T up to {MAX_T}"):
+        check_limits(MAX_T + 1, 20)
+    big = torch.zeros(1, MAX_T + 1, 1)
+    big_labels = torch.full((1, MAX_T + 1), -1, dtype=torch.long)
+    with pytest.raises(ValueError, match=f"T up to {MAX_T}"):
+        ck.clip_pair_loss(big, big_labels, backend="triton")
+    with pytest.raises(ValueError, match=f"k up to {MAX_K}"):
+        ck.clip_pair_loss(torch.randn(1, 60, 4), torch.ones(1, 60, dtype=torch.long),
+                          k=MAX_K + 1, backend="triton")
+    assert torch.isfinite(ck.clip_pair_loss(emb, labels, backend="triton"))
 
 
 # --- ClipTBPLoss ---------------------------------------------------------------------------

@@ -61,3 +61,79 @@ def test_cuda_module_runtime_and_launch():
     _C_cuda.fill_f32(buf.data_ptr(), buf.numel(), 1.25, torch.cuda.current_stream().cuda_stream)
     torch.cuda.synchronize()
     assert (buf == 1.25).all()
+
+
+OPTION_GRID = [dict(positives=p, negatives=n) for p in ("any", "same") for n in ("cross", "all")]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("opts", OPTION_GRID, ids=lambda o: f"{o['positives']}-{o['negatives']}")
+@pytest.mark.parametrize("T,k", [(1, 20), (2, 1), (75, 20), (77, 256), (700, 1024)])
+def test_cuda_backends_every_option_and_size(backend, opts, T, k):
+    emb, labels = make_batch(len(PATTERNS), T, 40, list(PATTERNS), seed=T, dtype=torch.float64)
+    emb32 = emb.float()
+    rc, rb, rg = spec_eval(emb32, labels, k=k, **opts)
+    lc, lb, g = per_sample_value_and_grad(backend, emb32.cuda(), labels.cuda(), k=k, **opts)
+    assert_values_close(lc.cpu(), rc, f"{backend} L_clip")
+    assert_values_close(lb.cpu(), rb, f"{backend} L_boun")
+    assert_grads_close(g.cpu(), rg, f"{backend} grad")
+    pairs = ck.hard_negative_pairs(emb32.cuda(), labels.cuda(), k=k, backend=backend, **opts)
+    ref = ck.hard_negative_pairs(emb32, labels, k=k, backend="cpu", **opts)
+    # the chosen sets agree wherever the ranking is not within rounding of a tie
+    assert (pairs.cpu() == ref).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_low_precision_twice_reference_error(backend, dtype):
+    emb, labels = make_batch(len(PATTERNS), 120, 64, list(PATTERNS), seed=9, dtype=dtype)
+    rc, rb, rg = spec_eval(emb, labels)
+    lc, lb, g = per_sample_value_and_grad(backend, emb.cuda(), labels.cuda())
+    qc, qb, qg = per_sample_value_and_grad("reference", emb, labels)
+    assert g.dtype == dtype
+    for got, low, exact, name in ((lc.cpu(), qc, rc, "L_clip"), (lb.cpu(), qb, rb, "L_boun")):
+        err = (got.double() - exact).abs()
+        assert (err <= 2 * (low.double() - exact).abs() + 1e-3).all(), name
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_long_video_and_strided_input(backend):
+    # T = 16384 with 5% GT clips, and a non-contiguous view of the embeddings
+    T = 16384
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(2, T, 512, generator=g)
+    emb = base[:, :, ::2]
+    labels = torch.zeros(2, T, dtype=torch.long)
+    labels[0, 1000:1400] = 1
+    labels[0, 9000:9420] = 2
+    labels[1, T - 800:] = 7
+    labels[1, :50] = -1
+    rc, rb, _ = per_sample_value_and_grad("cpu", emb, labels)
+    lc, lb, grad = per_sample_value_and_grad(backend, emb.cuda(), labels.cuda())
+    assert_values_close(lc.cpu(), rc, f"{backend} L_clip T=16384")
+    assert_values_close(lb.cpu(), rb, f"{backend} L_boun T=16384")
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_nonfinite_sample_only(backend):
+    emb, labels = make_batch(3, 50, 16, ["windows"], seed=5)
+    emb[1, 10, 3] = float("nan")
+    labels[1, 10] = 0
+    lc, lb, _ = per_sample_value_and_grad(backend, emb.cuda(), labels.cuda())
+    assert torch.isnan(lc[1]) and torch.isnan(lb[1])
+    assert torch.isfinite(lc[[0, 2]]).all() and torch.isfinite(lb[[0, 2]]).all()
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_cuda_torch_compile_fullgraph(backend):
+    emb, labels = make_batch(4, 75, 32, list(PATTERNS)[:4], seed=6)
+    emb, labels = emb.cuda(), labels.cuda()
+
+    def f(e):
+        lc, lb = ck.clip_boundary_losses(e, labels, backend=backend, check_labels=False)
+        return lc + lb
+
+    eager = f(emb)
+    compiled = torch.compile(f, fullgraph=True)(emb)
+    assert torch.allclose(eager, compiled)
