@@ -112,7 +112,7 @@ class _Blocks:
     def __init__(self, T: int, D: int, f64: bool, KP: int):
         interp = interpreting()
         if interp:
-            self.BM = self.BN = 64
+            self.BM, self.BN = min(64, max(16, _pow2(T))), min(256, max(16, _pow2(T)))
             self.BK = min(_pow2(D), 32 if f64 else 128)
             self.BW, self.BP = 64, 256
             self.cols_per_split = 1 << 30  # one column split: fewer programs
@@ -184,7 +184,7 @@ def _view(emb: Tensor):
 def _norms(emb: Tensor, labels: Tensor, blk: _Blocks) -> Tensor:
     B, T, D = emb.shape
     inv = torch.empty((B, T), dtype=torch.float64, device=emb.device)
-    BMn = 64 if interpreting() else 32
+    BMn = min(256, _pow2(T)) if interpreting() else 32
     _launch(K._norm_kernel, (triton.cdiv(T, BMn), B), emb, labels, inv, *_view(emb), BM=BMn,
                                              BK=min(_pow2(D), 128), num_warps=blk.warps)
     return inv
@@ -308,7 +308,7 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
         *m[0], *m[1], *m[2], WANT_CLIP=has_neg, WANT_BOUN=bool(want_boun),
         KP=max(2, _pow2(kcap)), BK=blk.BKV, BO=_pow2(6 * radius + 3), BW=blk.BW, CT=CT,
         num_warps=blk.warps)
-    BMc = 64 if interpreting() else 32
+    BMc = min(256, _pow2(T)) if interpreting() else 32
     _launch(K._chain_kernel, (triton.cdiv(T, BMc), B),
         emb, labels, inv, bad, grad, pairs, coef, *_view(emb), kcap, HAS_NEG=has_neg, BM=BMc,
         BN=64 if interpreting() else 16, BK=blk.BKV if interpreting() else blk.BK, CT=CT,

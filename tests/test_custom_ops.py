@@ -98,8 +98,10 @@ def test_cpu_kernels_write_every_output_element():
         assert torch.equal(grad, expect)
 
 
-def test_cpu_long_video_without_index_overflow():
-    # T = 65,536: pair indices i * T + j reach 2^32; a few GT clips near the end
+@pytest.mark.parametrize("backend", FUSED)
+def test_long_video_without_index_overflow(backend):
+    # T = 65,536 (the Triton backend's limit): pair indices i * T + j reach 2^32 - 1; a few
+    # GT clips near the end
     T, D, k = 65536, 16, 12
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(1, T, D, generator=g)
@@ -109,9 +111,9 @@ def test_cpu_long_video_without_index_overflow():
     labels[0, gt[3:]] = 2
     labels[0, 1000:1010] = -1
     e = emb.clone().requires_grad_(True)
-    lc, lb = ck.clip_boundary_losses(e, labels, k=k, backend="cpu", reduction="none")
+    lc, lb = ck.clip_boundary_losses(e, labels, k=k, backend=backend, reduction="none")
     (lc.sum() + lb.sum()).backward()
-    pairs = ck.hard_negative_pairs(emb, labels, k=k, backend="cpu")[0]
+    pairs = ck.hard_negative_pairs(emb, labels, k=k, backend=backend)[0]
     # expected: GT rows against every valid clip, computed directly (|G| x T, float64)
     u = torch.nn.functional.normalize(emb[0].double(), dim=-1, eps=1e-8)
     s = u[gt] @ u.T  # [5, T]
