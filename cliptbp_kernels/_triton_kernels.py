@@ -92,6 +92,21 @@ def _load_u(emb_ptr, b, rows, row_ok, inv_ptr, T, d0, D, sb, st, sd,
 
 
 @_device
+def _pair_sims(emb_ptr, b, pair, sel, inv_ptr, T, D, sb, st, sd, KP: tl.constexpr,
+               BK: tl.constexpr, CT: tl.constexpr):
+    """s_ij (float64 sums of compute-type products) of the pairs i * T + j where `sel`; the
+    forward's loss and the backward's coefficients use this same computation."""
+    i = tl.where(sel, pair // T, 0)
+    j = tl.where(sel, pair % T, 0)
+    acc = tl.full([KP], 0, tl.float64)
+    for d0 in range(0, D, BK):
+        ui = _load_u(emb_ptr, b, i, sel, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
+        uj = _load_u(emb_ptr, b, j, sel, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
+        acc += _rsum(ui.to(tl.float64) * uj.to(tl.float64), 1)
+    return acc
+
+
+@_device
 def _mm_nt(a, b, IS_F64: tl.constexpr):
     """a [M, K] times b [N, K] transposed: [M, N]. float64 has no tensor-core dot here."""
     if IS_F64:
@@ -406,13 +421,8 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
                 pair = tl.where(sel, LOW32 - (top & LOW32), -1)
                 if has_c != 0:
                     # the loss from the chosen similarities, recomputed as the backward does
-                    i = tl.where(sel, pair // T, 0)
-                    j = tl.where(sel, pair % T, 0)
-                    acc = tl.full([KP], 0, tl.float64)
-                    for d0 in range(0, D, BK):
-                        ui = _load_u(emb_ptr, b, i, sel, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
-                        uj = _load_u(emb_ptr, b, j, sel, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
-                        acc += _rsum(ui.to(tl.float64) * uj.to(tl.float64), 1)
+                    acc = _pair_sims(emb_ptr, b, pair, sel, inv_ptr, T, D, sb, st, sd, KP, BK,
+                                     CT)
                     zn = tl.where(sel, acc * inv_tau, float("-inf"))
                     mn = _rmax(zn, None)
                     if mn > float("-inf"):
@@ -542,13 +552,7 @@ def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr,
         inv_tau = _f64(inv_tau_hi, inv_tau_lo)
         lse = tl.load(lse_ptr + b)
         l = tl.load(l_ptr + b)
-        i = tl.where(sel, pair // T, 0)
-        j = tl.where(sel, pair % T, 0)
-        acc = tl.full([KP], 0, tl.float64)
-        for d0 in range(0, D, BK):
-            ui = _load_u(emb_ptr, b, i, sel, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
-            uj = _load_u(emb_ptr, b, j, sel, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
-            acc += _rsum(ui.to(tl.float64) * uj.to(tl.float64), 1)
+        acc = _pair_sims(emb_ptr, b, pair, sel, inv_ptr, T, D, sb, st, sd, KP, BK, CT)
         # d l / d s_n = exp(s_n / tau - lse_P - l) / tau
         coef = g * inv_tau * tl.exp(acc * inv_tau - lse - l)
         ok = (bad == 0) & (hc != 0) & (g != 0.0)
