@@ -7,6 +7,9 @@ Environment switches:
 
     CLIPTBP_CUDA        auto (default): build cliptbp_kernels._C_cuda when nvcc is found;
                         1: require it (fail when no nvcc); 0: skip it (CPU-only package).
+    CLIPTBP_CUDA_EMU    1 (default): also build cliptbp_kernels._C_cuda_emu, the CUDA kernels
+                        compiled for the CPU emulation (how the tests run them without a GPU;
+                        host compiler only); 0: skip it.
     CLIPTBP_CUDA_ARCH   CUDA architectures, CMake syntax (default "80;90"; e.g. "90a", "native").
     CLIPTBP_BUILD_JOBS  parallel compile jobs (default: the number of CPUs).
     CLIPTBP_BUILD_TYPE  Release (default), Debug or RelWithDebInfo.
@@ -39,6 +42,7 @@ ROOT = Path(__file__).resolve().parent
 MIN_CMAKE = (3, 18)
 CPU_MODULE = "cliptbp_kernels._C_cpu"
 CUDA_MODULE = "cliptbp_kernels._C_cuda"
+EMU_MODULE = "cliptbp_kernels._C_cuda_emu"
 
 
 def _log(msg):
@@ -193,6 +197,7 @@ class CMakeBuild(build_ext):
         pybind11_dir = _pybind11_cmake_dir()
         build_type = _build_type()
         sanitize = _flag("CLIPTBP_SANITIZE")
+        emu = _env("CLIPTBP_CUDA_EMU", "1").lower() not in ("0", "off", "false", "no")
         arch = _env("CLIPTBP_CUDA_ARCH", "80;90") or "80;90"
         extra = shlex.split(_env("CLIPTBP_CMAKE_ARGS"))
 
@@ -203,6 +208,7 @@ class CMakeBuild(build_ext):
             f"-DCLIPTBP_CUDA={cuda_mode}",
             f"-DCLIPTBP_CUDA_ARCH={arch}",
             f"-DCLIPTBP_SANITIZE={'ON' if sanitize else 'OFF'}",
+            f"-DCLIPTBP_CUDA_EMU={'ON' if emu else 'OFF'}",
         ]
         if ninja:
             args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
@@ -237,7 +243,8 @@ class CMakeBuild(build_ext):
                 dest.unlink()  # never ship a stale module from an earlier build
             found = sorted(p for p in out_dir.glob(ext.target + ".*") if p.suffix in (".so", ".pyd"))
             if not found:
-                if ext.name == CUDA_MODULE and cuda_mode != "ON":
+                if (ext.name == CUDA_MODULE and cuda_mode != "ON") or (ext.name == EMU_MODULE
+                                                                         and not emu):
                     self.extensions.remove(ext)  # CPU-only package (CMake said why)
                     if getattr(self, "editable_mode", False) or self.inplace:
                         # an in-place module of an earlier CUDA build would shadow this one
@@ -280,6 +287,7 @@ setup(
     ext_modules=[
         CMakeExtension(CPU_MODULE, "_C_cpu"),
         CMakeExtension(CUDA_MODULE, "_C_cuda"),
+        CMakeExtension(EMU_MODULE, "_C_cuda_emu"),
     ],
     cmdclass={"build_ext": CMakeBuild},
 )

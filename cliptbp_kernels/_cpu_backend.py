@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._custom_ops import compute_dtype, kcap_for, register_fused_backend
+from ._custom_ops import backward_buffers, forward_outputs, kcap_for, register_fused_backend
 
 try:  # the extension is absent when the package was not built
     from . import _C_cpu as _ext
@@ -45,24 +45,9 @@ def forward_into(emb: Tensor, labels: Tensor, opts: tuple, out: Tuple[Tensor, ..
 def forward(emb: Tensor, labels: Tensor, opts: tuple):
     labels = labels.to(torch.int64).contiguous()
     B, T = labels.shape
-    f64 = dict(dtype=torch.float64, device=emb.device)
-    out = (
-        torch.empty(B, **f64),
-        torch.empty(B, dtype=torch.uint8, device=emb.device),
-        torch.empty(B, **f64),
-        torch.empty(B, dtype=torch.uint8, device=emb.device),
-        torch.empty(B, **f64),
-        torch.empty(B, **f64),
-        torch.empty((B, kcap_for(opts[0], T)), dtype=torch.int64, device=emb.device),
-        torch.empty((B, T), **f64),
-    )
+    out = forward_outputs(B, T, kcap_for(opts[0], T), emb.device, emb.numel() == 0)
     if emb.numel() > 0:
         forward_into(emb, labels, opts, out)
-    else:
-        for t in out[:6]:
-            t.zero_()
-        out[6].fill_(-1)
-        out[7].zero_()
     return out
 
 
@@ -70,17 +55,12 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
              has_clip: Tensor, has_boun: Tensor, lse: Tensor, neg_sum: Tensor, pairs: Tensor,
              inv_norm: Tensor):
     labels = labels.to(torch.int64).contiguous()
-    grad = torch.empty(emb.shape, dtype=compute_dtype(emb.dtype), device=emb.device)
+    grad, saved = backward_buffers(emb, (has_clip, has_boun, lse, neg_sum, pairs, inv_norm))
     if emb.numel() == 0:
         return grad.zero_()
-    # Keep references to every buffer whose pointer is passed.
-    has_clip, has_boun = has_clip.contiguous(), has_boun.contiguous()
-    lse, neg_sum, pairs = lse.contiguous(), neg_sum.contiguous(), pairs.contiguous()
-    inv_norm = inv_norm.contiguous()
     _ext.backward(*_view_args(emb, labels), tuple(opts), grad_clip.data_ptr(),
-                  grad_boun.data_ptr(), has_clip.data_ptr(), has_boun.data_ptr(), lse.data_ptr(),
-                  neg_sum.data_ptr(), pairs.data_ptr(), pairs.shape[1], inv_norm.data_ptr(),
-                  grad.data_ptr(), torch.get_num_threads())
+                  grad_boun.data_ptr(), *(t.data_ptr() for t in saved[:5]), pairs.shape[1],
+                  saved[5].data_ptr(), grad.data_ptr(), torch.get_num_threads())
     return grad
 
 

@@ -32,6 +32,53 @@ def kcap_for(k: int, T: int) -> int:
     return min(k, T * (T - 1) // 2) if T > 1 else 0
 
 
+def check_limits(backend: str, T: int, k: int, want_clip: bool, max_t: int, max_k: int) -> None:
+    """ValueError when an input exceeds what a backend with limits (T <= max_t,
+    min(k, T (T - 1) / 2) <= max_k) serves."""
+    if T > max_t:
+        raise ValueError(f"backend={backend!r} supports T up to {max_t} clips (pair indices "
+                         f"of 32 bits), got T={T}; use backend='cpu' or 'reference'")
+    kcap = kcap_for(k, T) if want_clip else 0
+    if kcap > max_k:
+        raise ValueError(f"backend={backend!r} supports k up to {max_k} (more precisely "
+                         f"min(k, T*(T-1)/2) <= {max_k}), got k={k} with T={T}; use "
+                         "backend='cpu' or 'reference'")
+
+
+def forward_outputs(B: int, T: int, kcap: int, device, empty: bool):
+    """Uninitialised forward outputs of a fused backend (see `register_fused_backend`); when
+    `empty` (an input without elements), filled with what such an input gives."""
+    f64 = dict(dtype=torch.float64, device=device)
+    out = (
+        torch.empty(B, **f64),
+        torch.empty(B, dtype=torch.uint8, device=device),
+        torch.empty(B, **f64),
+        torch.empty(B, dtype=torch.uint8, device=device),
+        torch.empty(B, **f64),
+        torch.empty(B, **f64),
+        torch.empty((B, kcap), dtype=torch.int64, device=device),
+        torch.empty((B, T), **f64),
+    )
+    if empty:
+        for t in out[:6]:
+            t.zero_()
+        out[6].fill_(-1)
+        out[7].zero_()
+    return out
+
+
+def backward_buffers(emb: Tensor, saved: Tuple[Tensor, ...]):
+    """(gradient buffer in the compute dtype, the saved forward tensors as contiguous uint8 /
+    float64 / int64 buffers) for a backward launcher. `saved` is (has_clip, has_boun, lse,
+    neg_sum, pairs, inv_norm); the caller keeps the returned tensors alive while their
+    pointers are in use."""
+    grad = torch.empty(emb.shape, dtype=compute_dtype(emb.dtype), device=emb.device)
+    has_clip, has_boun, lse, neg_sum, pairs, inv_norm = saved
+    return grad, (has_clip.to(torch.uint8).contiguous(), has_boun.to(torch.uint8).contiguous(),
+                  lse.contiguous(), neg_sum.contiguous(), pairs.contiguous(),
+                  inv_norm.contiguous())
+
+
 class FusedOps(NamedTuple):
     forward: Callable
     backward: Callable

@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._custom_ops import check_limits as _check_limits
 from ._custom_ops import compute_dtype, kcap_for, register_fused_backend
 
 try:
@@ -60,14 +61,7 @@ def why_not(device: torch.device) -> Optional[str]:
 
 def check_limits(T: int, k: int, want_clip: bool = True) -> None:
     """ValueError when the input exceeds what the Triton kernels serve."""
-    if T > MAX_T:
-        raise ValueError(f"backend='triton' supports T up to {MAX_T} clips (pair indices "
-                         f"of 32 bits), got T={T}; use backend='cpu' or 'reference'")
-    kcap = kcap_for(k, T) if want_clip else 0
-    if kcap > MAX_K:
-        raise ValueError(f"backend='triton' supports k up to {MAX_K} (more precisely "
-                         f"min(k, T*(T-1)/2) <= {MAX_K}), got k={k} with T={T}; use "
-                         "backend='cpu' or 'reference'")
+    _check_limits("triton", T, k, want_clip, MAX_T, MAX_K)
 
 
 # When set (by `record_launches`), launches are recorded instead of run: the GPU compile

@@ -1,5 +1,7 @@
 """Test configuration. TRITON_INTERPRET must be set before any Triton kernel is defined, so
-the Triton kernels can run on CPU tensors through the interpreter.
+the Triton kernels can run on CPU tensors through the interpreter; CLIPTBP_CUDA_EMULATE=1
+lets the CUDA kernels run on CPU tensors through their emulation (module _C_cuda_emu). Both
+make "triton" and "cuda" fused backends of CPU tensors, so every backend test runs them.
 
 Hypothesis profiles for tests/test_properties.py (chosen with HYPOTHESIS_PROFILE, default "ci"):
 
@@ -12,6 +14,7 @@ Hypothesis profiles for tests/test_properties.py (chosen with HYPOTHESIS_PROFILE
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("CLIPTBP_CUDA_EMULATE", "1")
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402

@@ -1,0 +1,158 @@
+"""The fused CUDA C++ backend: launchers of the kernels in `cliptbp_kernels._C_cuda`.
+
+Runs on CUDA tensors, on the caller's current stream and the input's device. With
+``CLIPTBP_CUDA_EMULATE=1`` it also runs on CPU tensors through `cliptbp_kernels._C_cuda_emu`:
+the same kernel source compiled for a CPU emulation of CUDA (every thread a fiber, blocks one
+after another). That is how the tests run the CUDA kernels on machines without a GPU; it is
+slow and meant for nothing else.
+
+Limits (checked before any kernel runs, `ValueError` past them): ``T <= 65,536`` (the pair
+index of a ranking key has 32 bits) and ``min(k, T (T - 1) / 2) <= 1024`` (the running top-k
+lives in shared memory). float64 inputs are computed in float64; their hard negatives are
+ranked by the similarity rounded to float32, as on the Triton backend. 16-bit inputs are
+computed with float32 products.
+
+``CLIPTBP_CUDA_COL_CHUNK`` (default 1024): valid-list columns one forward block sweeps; fewer
+give more blocks per sample (a tuning knob, not a semantic one).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ._custom_ops import check_limits as _check_limits
+from ._custom_ops import backward_buffers, forward_outputs, kcap_for, register_fused_backend
+
+try:  # absent when the package was built without nvcc
+    from . import _C_cuda as _ext
+    IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:
+    _ext = None
+    IMPORT_ERROR = str(exc)
+
+try:  # absent when built with CLIPTBP_CUDA_EMU=0
+    from . import _C_cuda_emu as _emu
+    EMU_IMPORT_ERROR: Optional[str] = None
+except ImportError as exc:  # pragma: no cover - exercised only on such builds
+    _emu = None
+    EMU_IMPORT_ERROR = str(exc)
+
+MAX_T = 65536
+MAX_K = 1024
+DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+
+
+def emulating() -> bool:
+    """True when CPU tensors are served by the CUDA emulation (CLIPTBP_CUDA_EMULATE=1)."""
+    return os.environ.get("CLIPTBP_CUDA_EMULATE", "0") == "1"
+
+
+def available() -> bool:
+    return _ext is not None or _emu is not None
+
+
+def why_not(device: torch.device) -> Optional[str]:
+    """None if the CUDA kernels can run on `device`, else the reason."""
+    if device.type == "cuda":
+        if _ext is None:
+            return ("the CUDA extension cliptbp_kernels._C_cuda is not built (no nvcc at build "
+                    f"time? {IMPORT_ERROR}); reinstall with nvcc on PATH or CLIPTBP_CUDA=1")
+        return None
+    if device.type == "cpu" and emulating():
+        if _emu is None:
+            return f"the CUDA emulation module is not built ({EMU_IMPORT_ERROR})"
+        return None
+    return (f"it runs on CUDA tensors (and on CPU tensors only under CLIPTBP_CUDA_EMULATE=1), "
+            f"and the input is on {device}")
+
+
+def check_limits(T: int, k: int, want_clip: bool = True) -> None:
+    """ValueError when the input exceeds what the CUDA kernels serve."""
+    _check_limits("cuda", T, k, want_clip, MAX_T, MAX_K)
+
+
+def col_chunk() -> int:
+    value = os.environ.get("CLIPTBP_CUDA_COL_CHUNK", "1024")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"CLIPTBP_CUDA_COL_CHUNK must be an integer, not {value!r}") from None
+    if n < 1:
+        raise ValueError(f"CLIPTBP_CUDA_COL_CHUNK must be >= 1, got {n}")
+    return n
+
+
+class _Call:
+    """Module, stream, device guard and workspace of one kernel call."""
+
+    def __init__(self, emb: Tensor, kcap: int, want_clip: bool):
+        B, T = emb.shape[0], emb.shape[1]
+        self.cuda = emb.device.type == "cuda"
+        self.mod = _ext if self.cuda else _emu
+        self.chunk = col_chunk()
+        nbytes, _, _ = self.mod.workspace_bytes(B, T, kcap, bool(want_clip), self.chunk)
+        self.workspace = torch.empty(nbytes, dtype=torch.uint8, device=emb.device)
+        self.nbytes = nbytes
+        self.stream = torch.cuda.current_stream(emb.device).cuda_stream if self.cuda else 0
+        self.view = (emb.data_ptr(), DTYPE_CODES[emb.dtype], *emb.shape, *emb.stride())
+
+    def guard(self, emb: Tensor):
+        return torch.cuda.device(emb.device) if self.cuda else _NullGuard()
+
+
+class _NullGuard:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def forward(emb: Tensor, labels: Tensor, opts: tuple):
+    k, want_clip = opts[0], opts[8]
+    labels = labels.to(torch.int64).contiguous()
+    B, T = labels.shape
+    check_limits(T, k, want_clip)
+    kcap = kcap_for(k, T)
+    out = forward_outputs(B, T, kcap, emb.device, emb.numel() == 0)
+    if emb.numel() == 0:
+        return out
+    call = _Call(emb, kcap, want_clip)
+    with call.guard(emb):
+        call.mod.forward(call.view, labels.data_ptr(), tuple(opts), kcap, call.chunk,
+                         call.workspace.data_ptr(), call.nbytes, *(t.data_ptr() for t in out),
+                         call.stream)
+    return out
+
+
+def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_boun: Tensor,
+             has_clip: Tensor, has_boun: Tensor, lse: Tensor, neg_sum: Tensor, pairs: Tensor,
+             inv_norm: Tensor):
+    labels = labels.to(torch.int64).contiguous()
+    grad, saved = backward_buffers(emb, (has_clip, has_boun, lse, neg_sum, pairs, inv_norm))
+    if emb.numel() == 0:
+        return grad.zero_()
+    kcap = pairs.shape[1]
+    call = _Call(emb, kcap, False)  # the backward needs no partial top-k lists
+    with call.guard(emb):
+        call.mod.backward(call.view, labels.data_ptr(), tuple(opts), kcap, call.chunk,
+                          call.workspace.data_ptr(), call.nbytes, grad_clip.data_ptr(),
+                          grad_boun.data_ptr(), *(t.data_ptr() for t in saved),
+                          grad.data_ptr(), call.stream)
+    return grad
+
+
+def _device_types():
+    types = []
+    if _emu is not None:
+        types.append("cpu")
+    if _ext is not None:
+        types.append("cuda")
+    return tuple(types)
+
+
+OPS = register_fused_backend("cuda", _device_types(), forward, backward) if available() else None
