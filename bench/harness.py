@@ -23,7 +23,11 @@ What is measured, per (backend, shape, mode) case, each in a fresh child process
   on its first call after compilation. On CUDA it is the ``torch.cuda.max_memory_allocated()``
   growth over the memory allocated before the call;
 * time: wall clock (CUDA events on a GPU) of each call after warm-up; the median and the
-  20th / 80th percentiles. The memory call is the first warm-up; then up to ``--warmup``
+  20th / 80th percentiles;
+* GPU time (``gpu_ms``, CUDA only): the median of the same step captured once as a CUDA graph
+  and replayed, timed with CUDA events: the kernels' time without the host's launch overhead
+  (labels then unchecked: ``check_labels=False``). Empty where the step cannot be captured
+  (a backend that synchronises inside) and on the CPU. The memory call is the first warm-up; then up to ``--warmup``
   calls in all (a call slower than 1 s needs only that first one). Repeats are adaptive:
   enough calls for about ``--min-time`` seconds, at least 5 and at most 200, only 3 for
   calls slower than 1 s; ``--repeats N`` fixes the number.
@@ -58,7 +62,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 
 COLUMNS = ["date", "commit", "device", "threads", "torch", "triton", "backend", "shape", "B",
-           "T", "D", "dtype", "mode", "median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "status"]
+           "T", "D", "dtype", "mode", "median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "status",
+           "gpu_ms"]
 STATUSES = ("ok", "skipped", "timeout", "oom", "error")
 MODES = ("fwd", "fwdbwd", "crit_fwdbwd")
 BASELINES = ("reference", "compile")  # everything else is a fused backend
@@ -173,9 +178,11 @@ def _reference_criterion(emb, labels, pred, target, basic):
                 span_mask=labels >= 1)["loss"]
 
 
-def make_step(backend: str, mode: str, emb, labels) -> Callable[[], object]:
+def make_step(backend: str, mode: str, emb, labels,
+              check_labels: bool = True) -> Callable[[], object]:
     """A no-argument callable running one forward (and backward) of ``L_clip + L_boun``, or of
-    the full criterion for ``crit_fwdbwd``."""
+    the full criterion for ``crit_fwdbwd``. ``check_labels=False`` leaves out the label check
+    (its device sync cannot be captured in a CUDA graph)."""
     import torch
     import cliptbp_kernels as ck
 
@@ -204,7 +211,7 @@ def make_step(backend: str, mode: str, emb, labels) -> Callable[[], object]:
         fn = torch.compile(_reference_losses)
     else:
         def fn(e, l):
-            return ck.clip_boundary_losses(e, l, backend=backend)
+            return ck.clip_boundary_losses(e, l, backend=backend, check_labels=check_labels)
 
     if mode == "fwd":
         def step():
@@ -271,6 +278,36 @@ def time_call_ms(step: Callable[[], object], device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def graph_time_ms(step: Callable[[], object], device, n: int) -> Optional[float]:
+    """Median GPU time of `step` captured as a CUDA graph and replayed `n` times, in ms; None
+    when the step cannot be captured."""
+    import torch
+
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+            for _ in range(2):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as exc:  # noqa: BLE001 - the column stays empty
+        print(f"graph capture failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        torch.cuda.synchronize(device)
+        return None
+    times = []
+    for _ in range(max(1, n)):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return percentile(times, 50)
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Linear-interpolation percentile, q in [0, 100]."""
     v = sorted(values)
@@ -327,13 +364,18 @@ def child_main(spec: dict) -> int:
             warm_times.append(time_call_ms(step, device) / 1e3)
         n = spec.get("repeats") or plan_repeats(warm_times[-1], spec["min_time"])
         times = [time_call_ms(step, device) for _ in range(n)]
+        gpu_ms = None
+        if device.type == "cuda":
+            gstep = make_step(spec["backend"], spec["mode"], emb, labels, check_labels=False)
+            gpu_ms = graph_time_ms(gstep, device, n)
     except Exception as exc:  # noqa: BLE001 - recorded, not raised
         status = "oom" if _is_oom(exc) else "error"
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         _emit(event="result", status=status, error=f"{type(exc).__name__}: {exc}"[:500])
         return 0
     _emit(event="result", status="ok", median_ms=percentile(times, 50),
-          p20_ms=percentile(times, 20), p80_ms=percentile(times, 80), runs=len(times))
+          p20_ms=percentile(times, 20), p80_ms=percentile(times, 80), runs=len(times),
+          gpu_ms=gpu_ms)
     return 0
 
 
@@ -456,9 +498,14 @@ def markdown_table(rows: Sequence[dict]) -> str:
             keys.append((r["shape"], r["mode"]))
         by[(r["shape"], r["mode"], r["backend"])] = r
 
+    gpu = any(_num(r, "gpu_ms") is not None for r in rows)
     head = ["shape", "mode", "B", "T"] + [f"{b} ms" for b in backends]
     for f in fused:
         head += [f"{f} vs {b}" for b in BASELINES if b in backends]
+    if gpu:  # kernel time of the CUDA-graph replay, and its ratios
+        head += [f"{b} GPU ms" for b in backends]
+        for f in fused:
+            head += [f"{f} vs {b} (GPU)" for b in BASELINES if b in backends]
     head += [f"{b} MB" for b in backends]
     head += [f"mem reference/{f}" for f in fused if "reference" in backends]
 
@@ -483,6 +530,10 @@ def markdown_table(rows: Sequence[dict]) -> str:
         cells += [cell(get(b), "median_ms") for b in backends]
         for f in fused:
             cells += [ratio(get(b), get(f), "median_ms") for b in BASELINES if b in backends]
+        if gpu:
+            cells += [cell(get(b), "gpu_ms") or "-" for b in backends]
+            for f in fused:
+                cells += [ratio(get(b), get(f), "gpu_ms") for b in BASELINES if b in backends]
         for b in backends:  # memory is measured before timing: shown even on a timeout
             r = get(b)
             mem = _num(r, "peak_mem_mb") if r else None
@@ -503,8 +554,20 @@ def markdown_table(rows: Sequence[dict]) -> str:
 
 
 def append_csv(path: Path, rows: Sequence[dict]) -> None:
+    """Append rows; a file written with an older column list is first rewritten with the
+    current one (new columns empty in the old rows)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        with open(path, newline="") as f:
+            old = list(csv.DictReader(f))
+            f.seek(0)
+            header = next(csv.reader(f), [])
+        if header != COLUMNS:
+            with open(path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore", restval="")
+                w.writeheader()
+                w.writerows(old)
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         if new:
@@ -594,7 +657,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 failed.add((b, m))
             row["status"] = info["status"]
             row["threads"] = info.get("threads", row["threads"])
-            for k in ("median_ms", "p20_ms", "p80_ms", "peak_mem_mb"):
+            for k in ("median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "gpu_ms"):
                 v = info.get(k)
                 row[k] = f"{v:.6g}" if isinstance(v, (int, float)) else ""
             rows.append(row)

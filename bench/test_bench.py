@@ -164,3 +164,37 @@ def test_criterion_mode_runs_every_backend(tmp_path):
     rows = [dict(zip(harness.COLUMNS, r)) for r in _read(out)[1:]]
     assert {r["backend"] for r in rows} == set(backends.split(","))
     assert all(r["mode"] == "crit_fwdbwd" and r["status"] == "ok" for r in rows)
+
+
+def _row(backend, ms, gpu_ms=""):
+    return dict(date="d", commit="c", device="dev", threads="1", torch="t", triton="x",
+                backend=backend, shape="qvh", B="32", T="75", D="256", dtype="float32",
+                mode="fwdbwd", median_ms=str(ms), p20_ms=str(ms), p80_ms=str(ms),
+                peak_mem_mb="10", status="ok", gpu_ms=str(gpu_ms))
+
+
+def test_table_shows_gpu_time_and_its_ratios_when_measured():
+    rows = [_row("reference", 10.0, 4.0), _row("cuda", 1.0, 0.1)]
+    table = harness.markdown_table(rows)
+    head = table.splitlines()[0]
+    assert "cuda GPU ms" in head and "cuda vs reference (GPU)" in head
+    cells = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    named = dict(zip([h.strip() for h in head.strip("|").split("|")], cells))
+    assert named["cuda vs reference"] == "10.0x" and named["cuda vs reference (GPU)"] == "40.0x"
+    # no GPU column at all when nothing was measured on a GPU (a CPU run)
+    assert "GPU" not in harness.markdown_table([_row("reference", 10.0), _row("cpu", 1.0)])
+
+
+def test_csv_with_an_older_header_is_migrated(tmp_path):
+    path = tmp_path / "old.csv"
+    old_cols = [c for c in harness.COLUMNS if c != "gpu_ms"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerow(_row("reference", 5.0))
+    harness.append_csv(path, [_row("cuda", 1.0, 0.5)])
+    rows = _read(path)
+    assert rows[0] == harness.COLUMNS
+    old, new = (dict(zip(harness.COLUMNS, r)) for r in rows[1:])
+    assert old["backend"] == "reference" and old["median_ms"] == "5.0" and old["gpu_ms"] == ""
+    assert new["backend"] == "cuda" and new["gpu_ms"] == "0.5"

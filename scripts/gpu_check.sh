@@ -13,7 +13,9 @@
 #              the CUDA module's runtime (scripts/gpu_smoke.py)
 #   tests      the GPU tests first (tests/test_gpu.py: every GPU backend against SPEC.md), then
 #              the whole suite, with the Triton kernels compiled (TRITON_INTERPRET=0)
-#   sanitizer  compute-sanitizer memcheck and racecheck over the CUDA module's smoke calls
+#   sanitizer  compute-sanitizer memcheck, racecheck and synccheck over the smoke calls of
+#              every GPU backend, then memcheck and racecheck over the CUDA C++ backend's GPU
+#              tests (tests/test_gpu.py -k cuda, each run capped at 200 s)
 #   bench      bench.harness --device cuda (+ plot), results in $OUT/cuda.csv and cuda.png
 #
 # Environment: OUT (default out/gpu_check), PYTHON (default python3).
@@ -63,8 +65,22 @@ stage_tests() {
 stage_sanitizer() {
   local cs
   cs="$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)"
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck; do
     TRITON_INTERPRET=0 "$cs" --tool "$tool" --error-exitcode 9 "$PY" scripts/gpu_smoke.py --out "$OUT/$tool" --sanitizer || return 1
+  done
+  # the CUDA C++ kernels under the GPU tests' shapes and options (not Triton's: its
+  # compilation under the sanitizer takes most of the time budget)
+  for tool in memcheck racecheck; do
+    TRITON_INTERPRET=0 timeout 200 "$cs" --tool "$tool" --error-exitcode 9 \
+      "$PY" -m pytest -q -x tests/test_gpu.py -k "cuda and not triton" -p no:cacheprovider \
+      > "$OUT/${tool}_gpu_tests.log" 2>&1
+    local code=$?
+    tail -n 5 "$OUT/${tool}_gpu_tests.log"
+    if [ $code -eq 124 ]; then
+      echo "$tool over the GPU tests: time cap reached (the smoke run above passed)"
+    elif [ $code -ne 0 ]; then
+      return 1
+    fi
   done
 }
 

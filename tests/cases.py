@@ -95,8 +95,8 @@ def per_sample_value_and_grad(backend, emb, labels, **opts):
     e = emb.detach().clone().requires_grad_(True)
     lc, lb = losses(backend, e, labels, **opts)
     g = torch.Generator().manual_seed(7)
-    wc = torch.rand(lc.shape, generator=g, dtype=torch.float64).to(lc.dtype) + 0.5
-    wb = torch.rand(lb.shape, generator=g, dtype=torch.float64).to(lb.dtype) + 0.5
+    wc = torch.rand(lc.shape, generator=g, dtype=torch.float64).to(lc.device, lc.dtype) + 0.5
+    wb = torch.rand(lb.shape, generator=g, dtype=torch.float64).to(lb.device, lb.dtype) + 0.5
     (grad,) = torch.autograd.grad((lc * wc).sum() + (lb * wb).sum(), e, allow_unused=False)
     return lc.detach(), lb.detach(), grad
 

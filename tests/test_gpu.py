@@ -137,3 +137,22 @@ def test_cuda_torch_compile_fullgraph(backend):
     eager = f(emb)
     compiled = torch.compile(f, fullgraph=True)(emb)
     assert torch.allclose(eager, compiled)
+
+
+@pytest.mark.skipif("cuda" not in GPU_BACKENDS, reason="the CUDA C++ backend is not built")
+def test_cuda_cpp_backend_uses_the_current_stream_and_device():
+    """backend="cuda" launches on the caller's current stream (results bitwise equal to the
+    default stream's, ready after that stream's work) and on the input's device."""
+    emb, labels = make_batch(3, 120, 48, list(PATTERNS), seed=7)
+    want = per_sample_value_and_grad("cuda", emb.cuda(), labels.cuda())
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        e, lab = emb.cuda(), labels.cuda()
+        got = per_sample_value_and_grad("cuda", e, lab)
+    side.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip(want, got))
+    if torch.cuda.device_count() >= 2:
+        dev = torch.device("cuda", 1)
+        other = per_sample_value_and_grad("cuda", emb.to(dev), labels.to(dev))
+        assert all(x.device == dev for x in other)
+        assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(want, other))
