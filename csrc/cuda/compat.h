@@ -7,13 +7,17 @@
 //
 // Kernels written against this header use only: __global__/__device__ functions, static
 // __shared__ arrays, threadIdx/blockIdx/blockDim/gridDim, __syncthreads(), __syncwarp() with
-// the full mask, atomicAdd on unsigned int, __threadfence(), and launches through
+// the full mask, atomicAdd on unsigned int, __threadfence(), 16 x 16 x 16 wmma tiles with
+// float accumulators (row-major A, column-major B), and launches through
 // CLIPTBP_LAUNCH(kernel_pointer, grid, block, stream)(args...).
 #pragma once
 
 #if defined(CLIPTBP_CUDA_EMULATE)
 #include "emulate.h"
 #else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 #define CLIPTBP_LAUNCH(kernel, grid, block, stream) kernel<<<(grid), (block), 0, (stream)>>>
 #endif

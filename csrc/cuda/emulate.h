@@ -26,6 +26,7 @@
 #define __shared__ static
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
   unsigned x, y, z;
@@ -88,6 +89,77 @@ inline unsigned atomicAdd(unsigned* p, unsigned v) {
   return old;
 }
 inline cudaError_t cudaGetLastError() { return ::cliptbp_emu::last_error(); }
+
+// Tensor-core tiles (nvcuda::wmma, 16 x 16 x 16, float accumulators). The emulated 16-bit
+// operand types are floats holding values rounded to half / bfloat16 (round_to_half,
+// round_to_bf16); every lane holds the whole tile and does the whole product (products of
+// 16-bit values are exact in float; sums run in k order).
+namespace cliptbp_emu {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  float x[16 * 16];
+};
+
+template <int M, int N, int K, typename T>
+void fill_fragment(fragment<accumulator, M, N, K, T>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+template <int M, int N, int K, typename T>
+void load_matrix_sync(fragment<matrix_a, M, N, K, T, row_major>& f, const float* p, unsigned ldm) {
+  for (int r = 0; r < 16; ++r)
+    for (int k = 0; k < 16; ++k) f.x[r * 16 + k] = p[r * ldm + k];
+}
+template <int M, int N, int K, typename T>
+void load_matrix_sync(fragment<matrix_b, M, N, K, T, col_major>& f, const float* p, unsigned ldm) {
+  for (int c = 0; c < 16; ++c)
+    for (int k = 0; k < 16; ++k) f.x[k * 16 + c] = p[c * ldm + k];  // element (k, c)
+}
+template <int M, int N, int K, typename T, typename TA, typename TB>
+void mma_sync(fragment<accumulator, M, N, K, T>& d, const fragment<matrix_a, M, N, K, TA, row_major>& a,
+              const fragment<matrix_b, M, N, K, TB, col_major>& b,
+              const fragment<accumulator, M, N, K, T>& c) {
+  float out[16 * 16];
+  for (int r = 0; r < 16; ++r)
+    for (int n = 0; n < 16; ++n) {
+      float acc = c.x[r * 16 + n];
+      for (int k = 0; k < 16; ++k) acc += a.x[r * 16 + k] * b.x[k * 16 + n];
+      out[r * 16 + n] = acc;
+    }
+  for (int e = 0; e < 256; ++e) d.x[e] = out[e];
+}
+template <int M, int N, int K, typename T>
+void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, T>& f, unsigned ldm,
+                       layout_t) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) p[r * ldm + c] = f.x[r * 16 + c];
+}
+}  // namespace wmma
+
+// x rounded to nearest-even with `mant` mantissa bits, exponents >= `emin` (subnormals
+// below), overflowing to infinity above `vmax`.
+inline float round_to_format(float x, int mant, int emin, float vmax) {
+  if (!(x == x) || x == 0.0f) return x;
+  int e;
+  std::frexp(x, &e);  // |x| in [2^(e-1), 2^e)
+  int q = (e - 1 < emin ? emin : e - 1) - mant;  // quantum 2^q
+  const float r = std::ldexp(std::nearbyint(std::ldexp(x, -q)), q);
+  if (std::fabs(r) > vmax) return x > 0 ? INFINITY : -INFINITY;
+  return r;
+}
+}  // namespace cliptbp_emu
+
+inline float round_to_half(float x) { return ::cliptbp_emu::round_to_format(x, 10, -14, 65504.0f); }
+inline float round_to_bf16(float x) {
+  return ::cliptbp_emu::round_to_format(x, 7, -126, 3.3895313892515355e38f);
+}
 
 #define CLIPTBP_LAUNCH(kernel, grid, block, stream) \
   ::cliptbp_emu::make_launch((kernel), dim3(grid), dim3(block))

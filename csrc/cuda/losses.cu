@@ -76,6 +76,50 @@ struct Chunk<double> {
   static constexpr int value = 16;
 };
 
+// Tensor-core operands of 16-bit inputs (none for float32 / float64: SPEC.md wants true
+// float32 products there, no TF32). The operands are the stored values themselves, times a
+// power of two: exact, so the products are exact in float and only the float accumulation
+// rounds, as on the float32 path. float16 values go in unscaled (|v| <= 65504: products and
+// sums stay far below float's range); bfloat16 values are scaled by 2^floor(log2(inv_norm))
+// (then |v| 2^k <= 1, no overflow). The similarity is the sum times (inv 2^-k) per side.
+template <typename L>
+struct Mma {
+  static constexpr bool value = false;
+};
+#if defined(CLIPTBP_CUDA_EMULATE)
+namespace wm = ::cliptbp_emu::wmma;
+template <>
+struct Mma<LoadF16> {
+  static constexpr bool value = true;
+  static constexpr bool scaled = false;
+  using T = float;  // holding float16 values
+  static DEV T from(float x) { return round_to_half(x); }
+};
+template <>
+struct Mma<LoadBF16> {
+  static constexpr bool value = true;
+  static constexpr bool scaled = true;
+  using T = float;  // holding bfloat16 values
+  static DEV T from(float x) { return round_to_bf16(x); }
+};
+#elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+namespace wm = nvcuda::wmma;
+template <>
+struct Mma<LoadF16> {
+  static constexpr bool value = true;
+  static constexpr bool scaled = false;
+  using T = __half;
+  static DEV T from(float x) { return __float2half_rn(x); }
+};
+template <>
+struct Mma<LoadBF16> {
+  static constexpr bool value = true;
+  static constexpr bool scaled = true;
+  using T = __nv_bfloat16;
+  static DEV T from(float x) { return __float2bfloat16_rn(x); }
+};
+#endif
+
 struct Params {
   EmbView e;
   const int64_t* labels;
@@ -280,13 +324,16 @@ struct TopKShared {
 
 // ---------------------------------------------------------------------------------------
 // Similarity tile: thread t holds s(rows[t / 8], cols[4 (t % 8) + q]) for q < 4. rows/cols
-// hold clip indices, -1 for none (those entries are 0).
+// hold clip indices, -1 for none (those entries are 0). Contains barriers.
 // ---------------------------------------------------------------------------------------
+
+// float32 / float64: products in the compute type, from shared-memory tiles.
 template <typename L, typename CT>
-DEV void sim_tile(const EmbView& e, int64_t b, const int* rows, const int* cols,
-                  const double* inv, CT (*As)[Chunk<CT>::value + 1],
-                  CT (*Bs)[Chunk<CT>::value + 1], CT acc[4]) {
+DEV void sim_tile_simt(const EmbView& e, int64_t b, const int* rows, const int* cols,
+                       const double* inv, CT acc[4]) {
   constexpr int K = Chunk<CT>::value;
+  __shared__ CT As[kRows][K + 1];
+  __shared__ CT Bs[kCols][K + 1];
   const int t = threadIdx.x;
   const int r = t >> 3, c0 = (t & 7) * 4;
   for (int q = 0; q < 4; ++q) acc[q] = CT(0);
@@ -305,6 +352,79 @@ DEV void sim_tile(const EmbView& e, int64_t b, const int* rows, const int* cols,
     }
     __syncthreads();
   }
+}
+
+// Power of two 2^k <= inv (k = floor(log2 inv)), the operand scale of Mma<L>::scaled.
+DEV double pow2_below(double inv) {
+  int e;
+  const double m = frexp(inv, &e);  // inv = m 2^e, m in [0.5, 1)
+  return m > 0.0 ? ldexp(1.0, e - 1) : 1.0;
+}
+
+// float16 / bfloat16: tensor cores (wmma 16 x 16 x 16, float accumulators), warps 0-3 one
+// output quarter each.
+template <typename L>
+DEV void sim_tile_mma(const EmbView& e, int64_t b, const int* rows, const int* cols,
+                      const double* inv, float acc[4]) {
+  using M = Mma<L>;
+  using T = typename M::T;
+  constexpr int K = 32, LD = K + 8, LS = kCols + 4;  // ldm: multiples of 8 / 4 elements
+  __shared__ __align__(32) T A[kRows][LD];
+  __shared__ __align__(32) T Bt[kCols][LD];
+  __shared__ __align__(32) float S[kRows][LS];
+  __shared__ float a_scale[kRows], b_scale[kCols];  // 2^k of each operand row
+  __shared__ double a_fac[kRows], b_fac[kCols];     // inv 2^-k of each row
+  const int t = threadIdx.x, warp = t / kWarp;
+  if (t < kRows) {
+    const int i = rows[t], j = cols[t];
+    const double si = (i >= 0 && M::scaled) ? pow2_below(inv[i]) : 1.0;
+    const double sj = (j >= 0 && M::scaled) ? pow2_below(inv[j]) : 1.0;
+    a_scale[t] = static_cast<float>(si);
+    b_scale[t] = static_cast<float>(sj);
+    a_fac[t] = i >= 0 ? inv[i] / si : 0.0;
+    b_fac[t] = j >= 0 ? inv[j] / sj : 0.0;
+  }
+  __syncthreads();
+  const int fr = (warp >> 1) * 16, fc = (warp & 1) * 16;
+  wm::fragment<wm::accumulator, 16, 16, 16, float> cf;
+  wm::fill_fragment(cf, 0.0f);
+  for (int64_t d0 = 0; d0 < e.D; d0 += K) {
+    for (int idx = t; idx < kRows * K; idx += kThreads) {
+      const int rr = idx / K, dd = idx % K;
+      const int64_t d = d0 + dd;
+      const int i = rows[rr], j = cols[rr];  // kRows == kCols
+      const float va = (i >= 0 && d < e.D) ? load<L>(e, e.offset(b, i) + d * e.sd) : 0.0f;
+      const float vb = (j >= 0 && d < e.D) ? load<L>(e, e.offset(b, j) + d * e.sd) : 0.0f;
+      A[rr][dd] = M::from(va * a_scale[rr]);  // exact: a power of two times a 16-bit value
+      Bt[rr][dd] = M::from(vb * b_scale[rr]);
+    }
+    __syncthreads();
+    if (warp < 4) {
+      for (int k0 = 0; k0 < K; k0 += 16) {
+        wm::fragment<wm::matrix_a, 16, 16, 16, T, wm::row_major> fa;
+        wm::fragment<wm::matrix_b, 16, 16, 16, T, wm::col_major> fb;
+        wm::load_matrix_sync(fa, &A[fr][k0], LD);
+        wm::load_matrix_sync(fb, &Bt[fc][k0], LD);
+        wm::mma_sync(cf, fa, fb, cf);
+      }
+    }
+    __syncthreads();
+  }
+  if (warp < 4) wm::store_matrix_sync(&S[fr][fc], cf, LS, wm::mem_row_major);
+  __syncthreads();
+  const int r = t >> 3, c0 = (t & 7) * 4;
+  for (int q = 0; q < 4; ++q)
+    acc[q] = static_cast<float>(static_cast<double>(S[r][c0 + q]) * a_fac[r] * b_fac[c0 + q]);
+  __syncthreads();  // S and the scales are rewritten by the next tile
+}
+
+template <typename L, typename CT>
+DEV void sim_tile(const EmbView& e, int64_t b, const int* rows, const int* cols,
+                  const double* inv, CT acc[4]) {
+  if constexpr (Mma<L>::value)
+    sim_tile_mma<L>(e, b, rows, cols, inv, acc);
+  else
+    sim_tile_simt<L, CT>(e, b, rows, cols, inv, acc);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -653,9 +773,6 @@ DEV void finalize(const Params& p, int64_t b, TopKShared& top, double* red_sh, d
 
 template <typename L, typename CT>
 __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
-  constexpr int K = Chunk<CT>::value;
-  __shared__ CT As[kRows][K + 1];
-  __shared__ CT Bs[kCols][K + 1];
   __shared__ u64 keys[kSortCap];
   __shared__ unsigned cnt_sh;
   __shared__ u64 thr_sh;
@@ -709,7 +826,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
         if (t < kCols) cols_sh[t] = t < nc ? valid[cs + t] : -1;
         __syncthreads();
         CT acc[4];
-        sim_tile<L, CT>(p.e, b, rows_sh, cols_sh, inv, As, Bs, acc);
+        sim_tile<L, CT>(p.e, b, rows_sh, cols_sh, inv, acc);
         const int64_t i = rows_sh[r];
         for (int q = 0; q < 4; ++q) {
           const int64_t j = cols_sh[c0 + q];
@@ -763,8 +880,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(Params p) {
 template <typename L, typename CT>
 __global__ void __launch_bounds__(kThreads) backward_kernel(Params p) {
   constexpr int K = Chunk<CT>::value;
-  __shared__ CT As[kRows][K + 1];
-  __shared__ CT Bs[kCols][K + 1];
+  __shared__ CT Bs[kCols][K + 1];  // columns of u staged for G += C u
   __shared__ CT Cs[kGradRows][kCols + 1];
   __shared__ int rows_sh[kGradRows];
   __shared__ int cols_sh[kCols];
@@ -807,7 +923,7 @@ __global__ void __launch_bounds__(kThreads) backward_kernel(Params p) {
       if (t < kCols) cols_sh[t] = cs + t < ng ? gt[cs + t] : -1;
       __syncthreads();
       CT acc[4];
-      sim_tile<L, CT>(p.e, b, rows_sh, cols_sh, inv, As, Bs, acc);
+      sim_tile<L, CT>(p.e, b, rows_sh, cols_sh, inv, acc);
       const int64_t i = rows_sh[r];
       for (int q = 0; q < 4; ++q) {
         const int64_t j = cols_sh[c0 + q];
