@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cliptbp_kernels as ck
-from cliptbp_kernels import _backends, _triton_backend
+from cliptbp_kernels import _backends, _cuda_backend, _triton_backend
 from cases import make_batch
 
 BACKENDS = ck.available_backends("cpu")
@@ -124,8 +124,11 @@ def test_available_backends():
     names = ck.available_backends()
     assert names[0] == "reference"
     assert set(names) <= {"reference", "cpu", "triton", "cuda"}
-    on_cpu = ["reference", "cpu", "triton"] if _triton_backend.interpreting() else ["reference",
-                                                                                    "cpu"]
+    on_cpu = ["reference", "cpu"]
+    if _triton_backend.interpreting():
+        on_cpu.append("triton")
+    if _cuda_backend.emulating() and _cuda_backend._emu is not None:
+        on_cpu.append("cuda")
     assert ck.available_backends("cpu") == [n for n in names if n in on_cpu]
 
 

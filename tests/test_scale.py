@@ -222,8 +222,12 @@ def test_memory_grows_linearly_in_T(negatives, memory_figures, record_property):
     for r in rows:
         print(f"  T={r['T']:6d}: {r['growth'] / 2**20:7.2f} MiB "
               f"({r['growth'] / r['T']:6.0f} B/clip), {r['seconds']:.2f} s")
+    # Resolution of the figure: Linux adds a thread's page faults to the process's RSS in
+    # batches (up to 64 pages per thread), so pages the kernel's worker threads touched may
+    # be missing from it; at the smaller T that is a good part of the total.
+    slack = 64 * 4096 * (torch.get_num_threads() + 1)
     for (t1, g1), (t2, g2) in zip(zip(lengths, growth), zip(lengths[1:], growth[1:])):
-        ratio = g2 / max(g1, 1)
+        ratio = g2 / max(g1 + slack, 1)
         # linear: about 2 per doubling of T (a T^2 buffer would give 4)
         assert ratio < 2.6, f"memory grew {ratio:.2f}x from T={t1} to T={t2}: {growth}"
     T = lengths[-1]
