@@ -99,9 +99,35 @@ def _split(x: float):
     return hi, float(torch.tensor(x - hi, dtype=torch.float32))
 
 
+GPU_BLOCKS_ENV = "CLIPTBP_TRITON_GPU_BLOCKS"
+_GPU_BLOCK_KEYS = {"BM": "BM", "BN": "BN", "BK": "BK", "warps": "warps",
+                   "cols": "cols_per_split"}
+
+
+def gpu_block_override() -> dict:
+    """GPU block sizes of the float32/16-bit kernels from CLIPTBP_TRITON_GPU_BLOCKS, e.g.
+    "BM=64,BN=64,BK=32,warps=4,cols=512" (any subset; the tuning stage of the GPU check
+    sweeps them). Powers of two, at least 16 for the dot sizes; ValueError otherwise."""
+    text = os.environ.get(GPU_BLOCKS_ENV, "").strip()
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if key not in _GPU_BLOCK_KEYS or not value.isdigit():
+            raise ValueError(f"{GPU_BLOCKS_ENV}: expected entries like BM=64 with keys "
+                             f"{sorted(_GPU_BLOCK_KEYS)}, got {part!r}")
+        n = int(value)
+        low = 1 if key in ("warps", "cols") else 16
+        if n < low or n & (n - 1):
+            raise ValueError(f"{GPU_BLOCKS_ENV}: {key} must be a power of two >= {low}, "
+                             f"got {n}")
+        out[_GPU_BLOCK_KEYS[key]] = n
+    return out
+
+
 class _Blocks:
     """Block sizes of one launch: interpreter or GPU, float64 or not. On the GPU every dot
-    operand dimension is at least 16 (masking covers smaller D)."""
+    operand dimension is at least 16 (masking covers smaller D). The GPU sizes of the
+    float32/16-bit kernels can be overridden for tuning (`gpu_block_override`)."""
 
     def __init__(self, T: int, D: int, f64: bool, KP: int):
         interp = interpreting()
@@ -123,6 +149,8 @@ class _Blocks:
             self.BW, self.BP = 16, 128
             self.cols_per_split = 512
             self.warps = 4
+            for name, value in gpu_block_override().items():
+                setattr(self, name, value)
         self.BDO = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 16 if f64 else 64))
         self.BPK = max(1, 4096 // max(KP, 1))  # partial top-k lists merged per step
         self.BW = min(self.BW, _pow2(T))  # windows per program (a sample has at most T)

@@ -17,6 +17,8 @@
 #              every GPU backend, then memcheck and racecheck over the CUDA C++ backend's GPU
 #              tests (tests/test_gpu.py -k cuda, each run capped at 200 s)
 #   bench      bench.harness --device cuda (+ plot), results in $OUT/cuda.csv and cuda.png
+#   tune       (not in "all") sweep of the GPU backends' block sizes at the benchmark shapes
+#              (scripts/gpu_tune.py; starts no case after 8 minutes): $OUT/tune.csv, tune.json
 #
 # Environment: OUT (default out/gpu_check), PYTHON (default python3).
 set -uo pipefail
@@ -92,14 +94,16 @@ stage_bench() {
   "$PY" -m bench.plot --csv "$OUT/cuda.csv" --out "$OUT/cuda.png"
 }
 
+stage_tune() { "$PY" scripts/gpu_tune.py --out "$OUT" --budget-s 480; }
+
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(all)
 [ "${stages[0]}" = "all" ] && stages=(build smoke tests sanitizer bench)
 rc=0
 for s in "${stages[@]}"; do
   case "$s" in
-    build|smoke|tests|sanitizer|bench) run_stage "$s" "stage_$s" || rc=1 ;;
-    *) echo "unknown stage $s (build smoke tests sanitizer bench all)" >&2; exit 2 ;;
+    build|smoke|tests|sanitizer|bench|tune) run_stage "$s" "stage_$s" || rc=1 ;;
+    *) echo "unknown stage $s (build smoke tests sanitizer bench tune all)" >&2; exit 2 ;;
   esac
 done
 log "done, rc=$rc"
