@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from ._custom_ops import check_limits as _check_limits
-from ._custom_ops import compute_dtype, kcap_for, register_fused_backend
+from ._custom_ops import backward_buffers, forward_outputs, kcap_for, register_fused_backend
 
 try:
     import triton
@@ -239,16 +239,13 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     dev = emb.device
     check_limits(T, k, want_clip)
     kcap = kcap_for(k, T)
+    if emb.numel() == 0:
+        return forward_outputs(B, T, kcap, dev, empty=True)
     f64 = dict(dtype=torch.float64, device=dev)
     loss_c, loss_b = torch.empty(B, **f64), torch.empty(B, **f64)
     has_c = torch.empty(B, dtype=torch.uint8, device=dev)
     has_b = torch.empty(B, dtype=torch.uint8, device=dev)
     lse, lval = torch.empty(B, **f64), torch.empty(B, **f64)
-    if emb.numel() == 0:
-        pairs = torch.full((B, kcap), -1, dtype=torch.int64, device=dev)
-        for t in (loss_c, loss_b, has_c, has_b, lse, lval):
-            t.zero_()
-        return loss_c, has_c, loss_b, has_b, lse, lval, pairs, torch.zeros((B, T), **f64)
     D = emb.shape[2]
     is64 = emb.dtype == torch.float64
     CT = _ct(emb.dtype)
@@ -300,15 +297,14 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
              inv: Tensor):
     k, tau, positives, negatives, radius, mmax, mbase, mscale, want_clip, want_boun = opts
     labels = labels.to(torch.int64).contiguous()
-    grad = torch.zeros(emb.shape, dtype=compute_dtype(emb.dtype), device=emb.device)
+    grad, saved = backward_buffers(emb, (has_clip, has_boun, lse, lval, pairs, inv))
+    grad.zero_()  # the kernels accumulate into it
     if emb.numel() == 0:
         return grad
     B, T, D = emb.shape
     is64 = emb.dtype == torch.float64
     CT = _ct(emb.dtype)
-    has_c = has_clip.to(torch.uint8).contiguous()
-    has_b = has_boun.to(torch.uint8).contiguous()
-    lse, lval, pairs, inv = lse.contiguous(), lval.contiguous(), pairs.contiguous(), inv.contiguous()
+    has_c, has_b, lse, lval, pairs, inv = saved
     kcap = pairs.shape[1]
     blk = _Blocks(T, D, is64, max(2, _pow2(kcap)))
     bad = _bad(inv, labels)
