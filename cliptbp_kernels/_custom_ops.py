@@ -74,9 +74,14 @@ def backward_buffers(emb: Tensor, saved: Tuple[Tensor, ...]):
     pointers are in use."""
     grad = torch.empty(emb.shape, dtype=compute_dtype(emb.dtype), device=emb.device)
     has_clip, has_boun, lse, neg_sum, pairs, inv_norm = saved
-    return grad, (has_clip.to(torch.uint8).contiguous(), has_boun.to(torch.uint8).contiguous(),
-                  lse.contiguous(), neg_sum.contiguous(), pairs.contiguous(),
-                  inv_norm.contiguous())
+    return grad, (_as_uint8(has_clip), _as_uint8(has_boun), lse.contiguous(),
+                  neg_sum.contiguous(), pairs.contiguous(), inv_norm.contiguous())
+
+
+def _as_uint8(flag: Tensor) -> Tensor:
+    """A contiguous uint8 flag tensor; a bool one is reinterpreted (a view: no copy, no launch)."""
+    flag = flag.contiguous()
+    return flag.view(torch.uint8) if flag.dtype == torch.bool else flag.to(torch.uint8)
 
 
 class FusedOps(NamedTuple):

@@ -15,7 +15,9 @@ the gap exceeds 1e-6 or values are exact).
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 from typing import Optional
 
 import torch
@@ -93,10 +95,18 @@ def _pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+def _f32(x: float) -> float:
+    """x rounded to float32 (to nearest, ties to even; +-inf past the float32 range)."""
+    try:
+        return struct.unpack("f", struct.pack("f", x))[0]
+    except OverflowError:
+        return math.copysign(math.inf, x)
+
+
 def _split(x: float):
     """x as two float32 values hi + lo (Triton passes Python floats as float32)."""
-    hi = float(torch.tensor(x, dtype=torch.float32))
-    return hi, float(torch.tensor(x - hi, dtype=torch.float32))
+    hi = _f32(x)
+    return hi, _f32(x - hi)
 
 
 GPU_BLOCKS_ENV = "CLIPTBP_TRITON_GPU_BLOCKS"
@@ -158,43 +168,27 @@ class _Blocks:
 
 
 class _Prep:
-    """Per-sample index lists, built with a few torch ops on the input's device.
+    """Per-sample index lists and the non-finite flag, built by `_prep_kernel` in one launch
+    (tensors on the input's device).
 
     rows_gt [B, T]: the GT clips ordered by (label, clip), count ng [B]; rows_valid [B, T]:
     the valid clips in order, count nvalid [B]; win [B, T, 4]: (label, js, je, centre) of each
-    window (ordered by label), count nwin [B]."""
+    window (ordered by label), count nwin [B]; bad [B]: 1 where a valid clip holds NaN or Inf.
+    Entries past the counts are unspecified (the kernels mask them)."""
 
-    def __init__(self, labels: Tensor):
+    def __init__(self, labels: Tensor, inv: Tensor):
         B, T = labels.shape
-        dev = labels.device
-        lab = labels
-        ar = torch.arange(T, device=dev, dtype=torch.int64)
-        big = torch.iinfo(torch.int64).max
-        gt = lab >= 1
-        valid = lab >= 0
-        self.ng = gt.sum(1)
-        self.nvalid = valid.sum(1)
-        skey = torch.where(gt, lab * T + ar, big).sort(dim=1).values
-        in_gt = ar < self.ng[:, None]
-        slab = torch.where(in_gt, skey // max(T, 1), -1)
-        self.rows_gt = torch.where(in_gt, skey % max(T, 1), 0).contiguous()
-        self.rows_valid = torch.where(valid, ar, T).sort(dim=1).values.clamp_max(max(T - 1, 0))
-        self.rows_valid = self.rows_valid.contiguous()
-        prev = torch.cat([torch.full((B, 1), -1, device=dev, dtype=torch.int64), slab[:, :-1]], 1)
-        new = in_gt & (slab != prev)
-        self.nwin = new.sum(1)
-        wid = new.cumsum(1) - 1
-        start = torch.zeros((B, T + 1), device=dev, dtype=torch.int64)
-        start.scatter_(1, torch.where(new, wid, T), ar.expand(B, T).contiguous())
-        start = start[:, :T]
-        w = ar[None, :]
-        nxt = torch.cat([start[:, 1:], torch.zeros((B, 1), device=dev, dtype=torch.int64)], 1)
-        end = torch.where(w + 1 < self.nwin[:, None], nxt - 1, self.ng[:, None] - 1)
-        end = end.clamp(0, max(T - 1, 0))
-        cpos = start + (end - start) // 2
-        take = lambda x, i: x.gather(1, i.clamp(0, max(T - 1, 0)))  # noqa: E731
-        self.win = torch.stack([take(slab, start), take(self.rows_gt, start),
-                                take(self.rows_gt, end), take(self.rows_gt, cpos)], 2).contiguous()
+        i64 = dict(dtype=torch.int64, device=labels.device)
+        self.rows_gt = torch.empty((B, T), **i64)
+        self.rows_valid = torch.empty((B, T), **i64)
+        self.win = torch.empty((B, T, 4), **i64)
+        scratch = torch.empty((B, 2, T), **i64)
+        self.ng, self.nvalid, self.nwin, self.bad = torch.empty((4, B), **i64).unbind(0)
+        interp = interpreting()
+        _launch(K._prep_kernel, (B,), labels, inv, self.rows_gt, self.rows_valid, scratch,
+                self.win, self.ng, self.nvalid, self.nwin, self.bad, T,
+                BT=min(4096 if interp else 1024, max(16, _pow2(T))),
+                BR=min(512 if interp else 64, max(16, _pow2(T))), num_warps=4)
 
 
 def _view(emb: Tensor):
@@ -210,10 +204,6 @@ def _norms(emb: Tensor, labels: Tensor, blk: _Blocks) -> Tensor:
     _launch(K._norm_kernel, (triton.cdiv(T, BMn), B), emb, labels, inv, *_view(emb), BM=BMn,
                                              BK=min(_pow2(D), 128), num_warps=blk.warps)
     return inv
-
-
-def _bad(inv: Tensor, labels: Tensor) -> Tensor:
-    return (torch.isnan(inv) & (labels >= 0)).any(1).to(torch.int32)
 
 
 def _window_terms(emb, labels, inv, prep, bad, radius, blk, CT):
@@ -253,8 +243,8 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     KP = max(2, _pow2(kcap)) if has_k else 2  # tl.topk needs k >= 2
     blk = _Blocks(T, D, is64, KP)
     inv = _norms(emb, labels, blk)
-    bad = _bad(inv, labels)
-    prep = _Prep(labels)
+    prep = _Prep(labels, inv)
+    bad = prep.bad
     all_neg = negatives == 1
     rows, nrows = (prep.rows_valid, prep.nvalid) if all_neg else (prep.rows_gt, prep.ng)
     n_tiles = triton.cdiv(T, blk.BN)
@@ -262,7 +252,7 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     tps = triton.cdiv(n_tiles, nsplit)
     nsplit = triton.cdiv(n_tiles, tps)
     nrb = triton.cdiv(T, blk.BM)
-    if want_clip and B * nrb * nsplit * KP > (1 << 22):
+    if want_clip and B * nrb * nsplit * KP > (1 << 22) and _RECORDER is None:
         # size the partial buffers by the rows actually present (one sync)
         nrb = max(1, triton.cdiv(int(nrows.max()), blk.BM))
     ith, itl = _split(1.0 / tau)
@@ -279,16 +269,15 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
             BM=blk.BM, BN=blk.BN, BK=blk.BK, CT=CT, IS_F64=is64, num_warps=blk.warps)
     term = _window_terms(emb, labels, inv, prep, bad, radius, blk, CT) if want_boun else lse_m
     m = [_split(float(x)) for x in (mmax, mbase, mscale)]
-    keys = torch.full((B, KP), K.I64_MIN, dtype=torch.int64, device=dev)
+    keys = torch.empty((B, KP) if has_k else 1, dtype=torch.int64, device=dev)  # scratch
+    pairs = torch.empty((B, kcap), dtype=torch.int64, device=dev)
     _launch(K._finalize_kernel, (B,),
         emb, labels, inv, nrows, prep.nvalid, bad, prep.win, prep.nwin, term, lse_m, lse_s, top,
-        loss_c, has_c, loss_b, has_b, lse, lval, keys, *_view(emb), ith, itl, nrb, nsplit,
-        k, *m[0], *m[1], *m[2], WANT_CLIP=bool(want_clip), WANT_BOUN=bool(want_boun),
-        KP=KP, HAS_K=has_k, BM=blk.BM, BP=blk.BP, BPK=blk.BPK, BK=blk.BK, BW=blk.BW, CT=CT,
-        num_warps=blk.warps)
-    # rank order: largest key first (ties cannot occur: every key holds its pair index)
-    keys = keys.sort(dim=1, descending=True).values[:, :kcap]
-    pairs = torch.where(keys > K.I64_MIN, K.I64_LOW32 - (keys & K.I64_LOW32), -1)
+        loss_c, has_c, loss_b, has_b, lse, lval, keys, pairs if kcap > 0 else keys,
+        *_view(emb), ith, itl, nrb, nsplit, k, kcap, *m[0], *m[1], *m[2],
+        WANT_CLIP=bool(want_clip), WANT_BOUN=bool(want_boun), KP=KP, HAS_K=has_k, BM=blk.BM,
+        BP=blk.BP, BPK=blk.BPK, BK=blk.BK, BW=blk.BW, BJ=KP if interpreting() else
+        max(1, min(KP, 8192 // KP)), CT=CT, num_warps=blk.warps)
     return loss_c, has_c, loss_b, has_b, lse, lval, pairs, inv
 
 
@@ -307,8 +296,8 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     has_c, has_b, lse, lval, pairs, inv = saved
     kcap = pairs.shape[1]
     blk = _Blocks(T, D, is64, max(2, _pow2(kcap)))
-    bad = _bad(inv, labels)
-    prep = _Prep(labels)
+    prep = _Prep(labels, inv)
+    bad = prep.bad
     ith, itl = _split(1.0 / tau)
     if want_clip:
         BDO = blk.BDO

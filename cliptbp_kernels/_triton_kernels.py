@@ -10,6 +10,9 @@ Forward:
 
 * `_norm_kernel`: 1 / max(||v_i||, 1e-8) per clip (float64, scaled by the largest magnitude
   so that no square overflows), 0 for padding, NaN for a clip holding NaN or Inf.
+* `_prep_kernel`, one program per sample: the index lists (GT clips in (label, clip) order,
+  valid clips, the window table) and the per-sample non-finite flag. The backward launches it
+  again rather than keeping its lists.
 * `_clip_fwd_kernel`, one program per (row block, column split, sample): the rows are the GT
   clips (``negatives="cross"``) or the valid clips (``"all"``). For each column tile it
   computes the similarity tile with ``tl.dot`` (``input_precision="ieee"``: true float32
@@ -20,7 +23,7 @@ Forward:
 * `_window_kernel`: per ground-truth window, the means of ``s_ci`` over ``I_pos`` and ``I_neg``.
 * `_finalize_kernel`, one program per sample: merges the partial results in a fixed order,
   recomputes the chosen similarities, and writes the losses, the flags, the two values the
-  backward needs and the chosen pairs.
+  backward needs and the chosen pairs in rank order.
 
 Backward (exactly sparse, no atomics, bitwise deterministic):
 
@@ -220,6 +223,112 @@ def _norm_kernel(emb_ptr, lab_ptr, inv_ptr, T, D, sb, st, sd,
 
 
 @triton.jit
+def _prep_kernel(lab_ptr, inv_ptr, rows_gt_ptr, rows_valid_ptr, scratch_ptr, win_ptr,
+                 ng_ptr, nvalid_ptr, nwin_ptr, bad_ptr, T,
+                 BT: tl.constexpr, BR: tl.constexpr):
+    """Per sample (one program): the index lists the other kernels read, in place of a chain
+    of small torch ops (one launch instead of some thirty on the host).
+
+    rows_gt [B, T]: the GT clips ordered by (label, clip), count ng; rows_valid [B, T]: the
+    valid clips in order, count nvalid; win [B, T, 4]: (label, js, je, centre) of each window,
+    in label order, count nwin; bad: 1 when a valid clip holds NaN or Inf (its inverse norm
+    is NaN), else 0. scratch [B, 2, T] is working memory. Labels that do not decrease along
+    the GT clips (windows numbered in time order: the usual case) take O(T) steps; other
+    samples add a ranking of O(ng^2) integer compares."""
+    b = tl.program_id(0).to(tl.int64)
+    base = b * T
+    izero = _rsum(tl.full([1], 0, tl.int32), None)
+    # 1. the GT and the valid clips in clip order (compaction by prefix counts)
+    ng = izero
+    nv = izero
+    nbad = izero
+    for t0 in range(0, T, BT):
+        i = t0 + tl.arange(0, BT)
+        in_t = i < T
+        lab = tl.load(lab_ptr + base + i, mask=in_t, other=-1)
+        gt = (lab >= 1).to(tl.int32)
+        valid = (lab >= 0).to(tl.int32)
+        inv = tl.load(inv_ptr + base + i, mask=valid != 0, other=0.0)
+        nbad += _rsum(((valid != 0) & (inv != inv)).to(tl.int32), None)
+        tl.store(rows_gt_ptr + base + ng + tl.cumsum(gt, 0) - 1, i.to(tl.int64), mask=gt != 0)
+        tl.store(rows_valid_ptr + base + nv + tl.cumsum(valid, 0) - 1, i.to(tl.int64),
+                 mask=valid != 0)
+        ng += _rsum(gt, None)
+        nv += _rsum(valid, None)
+    tl.debug_barrier()
+    # 2. (label, clip) order: already there unless a label falls along the GT clips
+    desc = izero
+    for p0 in range(0, ng, BT):
+        p = p0 + tl.arange(0, BT)
+        pm = (p >= 1) & (p < ng)
+        r1 = tl.load(rows_gt_ptr + base + p, mask=pm, other=0)
+        r0 = tl.load(rows_gt_ptr + base + p - 1, mask=pm, other=0)
+        l1 = tl.load(lab_ptr + base + r1, mask=pm, other=0)
+        l0 = tl.load(lab_ptr + base + r0, mask=pm, other=0)
+        desc += _rsum((pm & (l1 < l0)).to(tl.int32), None)
+    if desc > 0:
+        for p0 in range(0, ng, BT):
+            p = p0 + tl.arange(0, BT)
+            pm = p < ng
+            r = tl.load(rows_gt_ptr + base + p, mask=pm, other=0)
+            tl.store(scratch_ptr + 2 * base + p, r, mask=pm)
+        tl.debug_barrier()
+        # rank of GT clip p (clip order) = how many GT clips come before it in (label, clip)
+        for p0 in range(0, ng, BR):
+            p = p0 + tl.arange(0, BR)
+            pm = p < ng
+            rp = tl.load(scratch_ptr + 2 * base + p, mask=pm, other=0)
+            lp = tl.load(lab_ptr + base + rp, mask=pm, other=0)
+            rank = tl.full([BR], 0, tl.int32)
+            for q0 in range(0, ng, BR):
+                q = q0 + tl.arange(0, BR)
+                qm = q < ng
+                rq = tl.load(scratch_ptr + 2 * base + q, mask=qm, other=0)
+                lq = tl.load(lab_ptr + base + rq, mask=qm, other=0)
+                before = (lq[None, :] < lp[:, None]) | (
+                    (lq[None, :] == lp[:, None]) & (q[None, :] < p[:, None]))
+                rank += _rsum((qm[None, :] & before).to(tl.int32), 1)
+            tl.store(rows_gt_ptr + base + rank, rp, mask=pm)
+        tl.debug_barrier()
+    # 3. windows: runs of one label along rows_gt; first and last positions of each run
+    nw = izero
+    for p0 in range(0, ng, BT):
+        p = p0 + tl.arange(0, BT)
+        pm = p < ng
+        r = tl.load(rows_gt_ptr + base + p, mask=pm, other=0)
+        lab = tl.load(lab_ptr + base + r, mask=pm, other=0)
+        hp = pm & (p >= 1)
+        rprev = tl.load(rows_gt_ptr + base + p - 1, mask=hp, other=0)
+        lprev = tl.load(lab_ptr + base + rprev, mask=hp, other=-1)
+        hn = (p + 1) < ng
+        rnext = tl.load(rows_gt_ptr + base + p + 1, mask=hn, other=0)
+        lnext = tl.load(lab_ptr + base + rnext, mask=hn, other=-1)
+        new = pm & (lab != lprev)
+        last = pm & (lab != lnext)
+        wid = nw + tl.cumsum(new.to(tl.int32), 0) - 1
+        tl.store(win_ptr + (base + wid) * 4, lab, mask=new)
+        tl.store(scratch_ptr + 2 * base + wid, p.to(tl.int64), mask=new)
+        tl.store(scratch_ptr + 2 * base + T + wid, p.to(tl.int64), mask=last)
+        nw += _rsum(new.to(tl.int32), None)
+    tl.debug_barrier()
+    # js, je and the centre (the run's middle element, SPEC.md section 2) of each window
+    for w0 in range(0, nw, BT):
+        w = w0 + tl.arange(0, BT)
+        wm = w < nw
+        s = tl.load(scratch_ptr + 2 * base + w, mask=wm, other=0)
+        e = tl.load(scratch_ptr + 2 * base + T + w, mask=wm, other=0)
+        wp = win_ptr + (base + w) * 4
+        tl.store(wp + 1, tl.load(rows_gt_ptr + base + s, mask=wm, other=0), mask=wm)
+        tl.store(wp + 2, tl.load(rows_gt_ptr + base + e, mask=wm, other=0), mask=wm)
+        tl.store(wp + 3, tl.load(rows_gt_ptr + base + s + (e - s) // 2, mask=wm, other=0),
+                 mask=wm)
+    tl.store(ng_ptr + b, ng.to(tl.int64))
+    tl.store(nvalid_ptr + b, nv.to(tl.int64))
+    tl.store(nwin_ptr + b, nw.to(tl.int64))
+    tl.store(bad_ptr + b, (nbad > 0).to(tl.int64))
+
+
+@triton.jit
 def _clip_fwd_kernel(emb_ptr, lab_ptr, inv_ptr, rows_ptr, nrows_ptr, bad_ptr,
                      lse_m_ptr, lse_s_ptr, top_ptr,
                      T, D, sb, st, sd, inv_tau_hi, inv_tau_lo, NRB, NSPLIT, TILES_PER_SPLIT, K,
@@ -366,12 +475,12 @@ def _window_kernel(emb_ptr, lab_ptr, inv_ptr, win_ptr, nwin_ptr, bad_ptr, term_p
 def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
                      win_ptr, nwin_ptr, term_ptr, lse_m_ptr, lse_s_ptr, top_ptr,
                      loss_c_ptr, has_c_ptr, loss_b_ptr, has_b_ptr, lse_out_ptr, l_out_ptr,
-                     keys_ptr, T, D, sb, st, sd, inv_tau_hi, inv_tau_lo, NRB, NSPLIT, K,
-                     mmax_hi, mmax_lo, mbase_hi, mbase_lo, mscale_hi, mscale_lo,
+                     keys_ptr, pairs_ptr, T, D, sb, st, sd, inv_tau_hi, inv_tau_lo, NRB, NSPLIT,
+                     K, KCAP, mmax_hi, mmax_lo, mbase_hi, mbase_lo, mscale_hi, mscale_lo,
                      WANT_CLIP: tl.constexpr, WANT_BOUN: tl.constexpr, KP: tl.constexpr,
                      HAS_K: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr,
                      BPK: tl.constexpr, BK: tl.constexpr, BW: tl.constexpr,
-                     CT: tl.constexpr):
+                     BJ: tl.constexpr, CT: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     bad = tl.load(bad_ptr + b)
     fzero = _rsum(tl.full([1], 0, tl.float64), None)  # float64 and int32 scalars, so that every
@@ -381,6 +490,7 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
     has_c = izero
     lse_p = fzero
     l = fzero
+    chosen = tl.full([KP], INT64_MIN, tl.int64)  # the chosen keys, INT64_MIN for none
     if WANT_CLIP:
         if bad != 0:
             loss_c = nan
@@ -414,10 +524,8 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
                     keys = tl.load(top_ptr + base * KP + q, mask=q < nparts * KP,
                                    other=INT64_MIN)
                     top = _merge_topk(top, keys, KP)
-                # the chosen keys, in no order: the launcher sorts them into rank order
                 sel = (top > INT64_MIN) & (top < INT64_MAX)
-                top = tl.where(sel, top, INT64_MIN)
-                tl.store(keys_ptr + b * KP + tl.arange(0, KP), top)
+                chosen = tl.where(sel, top, INT64_MIN)
                 pair = tl.where(sel, LOW32 - (top & LOW32), -1)
                 if has_c != 0:
                     # the loss from the chosen similarities, recomputed as the backward does
@@ -439,6 +547,25 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
     tl.store(has_c_ptr + b, has_c.to(tl.uint8))
     tl.store(lse_out_ptr + b, lse_p)
     tl.store(l_out_ptr + b, l)
+    n = tl.arange(0, KP)
+    if HAS_K:
+        # the chosen pairs in rank order (largest key first; keys are distinct): the rank of
+        # a key is the number of larger keys, counted against the keys stored in scratch
+        tl.store(keys_ptr + b * KP + n, chosen)
+        tl.debug_barrier()
+        rank = tl.full([KP], 0, tl.int32)
+        for j0 in range(0, KP, BJ):
+            kj = tl.load(keys_ptr + b * KP + j0 + tl.arange(0, BJ))
+            rank += _rsum((kj[None, :] > chosen[:, None]).to(tl.int32), 1)
+        sel = chosen > INT64_MIN
+        nsel = _rsum(sel.to(tl.int32), None)
+        tl.store(pairs_ptr + b * KCAP + rank, LOW32 - (chosen & LOW32), mask=sel & (rank < KCAP))
+        tl.store(pairs_ptr + b * KCAP + n, tl.full([KP], -1, tl.int64),
+                 mask=(n >= nsel) & (n < KCAP))
+    else:
+        for n0 in range(0, KCAP, KP):
+            tl.store(pairs_ptr + b * KCAP + n0 + n, tl.full([KP], -1, tl.int64),
+                     mask=n0 + n < KCAP)
 
     loss_b = fzero
     has_b = izero

@@ -1,0 +1,139 @@
+"""The Triton launchers' host side: the index lists built on the device by `_prep_kernel`
+against a plain Python construction from SPEC.md, and the host work of one forward and one
+backward (kernel launches and torch ops: at B=32, T=75 the step is bound by it, not by the
+kernels).
+
+Runs through the interpreter on CPU tensors (TRITON_INTERPRET=1, set by conftest.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cliptbp_kernels import _triton_backend as TB
+
+pytestmark = pytest.mark.skipif(
+    TB.why_not(torch.device("cpu")) is not None,
+    reason="the Triton backend does not run on CPU tensors here (triton missing or "
+           "TRITON_INTERPRET unset)")
+
+
+def expected_lists(labels: torch.Tensor, inv: torch.Tensor):
+    """Per sample, from SPEC.md: GT clips in (label, clip) order, valid clips in order, the
+    windows (label, js, je, centre) in label order, and whether a valid clip is non-finite."""
+    out = []
+    for lab, iv in zip(labels.tolist(), inv.tolist()):
+        gt = sorted((w, i) for i, w in enumerate(lab) if w >= 1)
+        valid = [i for i, w in enumerate(lab) if w >= 0]
+        wins = []
+        for w in sorted({w for w, _ in gt}):
+            clips = [i for x, i in gt if x == w]
+            wins.append((w, clips[0], clips[-1], clips[(len(clips) - 1) // 2]))
+        bad = any(iv[i] != iv[i] for i in valid)
+        out.append(([i for _, i in gt], valid, wins, int(bad)))
+    return out
+
+
+def check_prep(labels: torch.Tensor, inv: torch.Tensor):
+    prep = TB._Prep(labels, inv)
+    for b, (gt, valid, wins, bad) in enumerate(expected_lists(labels, inv)):
+        ng, nv, nw = int(prep.ng[b]), int(prep.nvalid[b]), int(prep.nwin[b])
+        assert (ng, nv, nw, int(prep.bad[b])) == (len(gt), len(valid), len(wins), bad), b
+        assert prep.rows_gt[b, :ng].tolist() == gt, b
+        assert prep.rows_valid[b, :nv].tolist() == valid, b
+        assert [tuple(w) for w in prep.win[b, :nw].tolist()] == wins, b
+
+
+def random_labels(B, T, seed, sorted_ids):
+    """Windows of random lengths (some overlapping: later ones overwrite), padding runs, and
+    window ids either increasing in time (the usual numbering) or random."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(B, T, dtype=torch.int64)
+    for b in range(B):
+        n = int(torch.randint(0, max(2, T // 20), (1,), generator=g))
+        starts = torch.randint(0, T, (n,), generator=g).sort().values
+        ids = (torch.arange(1, n + 1) if sorted_ids
+               else torch.randint(1, 2**31 - 1, (n,), generator=g))
+        for w in range(n):
+            L = int(torch.randint(1, max(2, T // 10), (1,), generator=g))
+            labels[b, starts[w]:starts[w] + L] = ids[w]
+        if b % 2:
+            s = int(torch.randint(0, T, (1,), generator=g))
+            labels[b, s:s + max(1, T // 7)] = -1
+    return labels
+
+
+@pytest.mark.parametrize("sorted_ids", [True, False], ids=["time-ordered", "random-ids"])
+@pytest.mark.parametrize("T", [1, 2, 3, 75, 700])
+def test_prep_lists_match_spec(T, sorted_ids):
+    labels = random_labels(5, T, seed=T, sorted_ids=sorted_ids)
+    labels[0] = torch.arange(T) % 3 - 1  # alternating padding, background, window 1
+    inv = torch.rand(5, T, dtype=torch.float64)
+    if T > 2:
+        inv[3, T // 2] = float("nan")  # a non-finite clip: flagged only where it is valid
+        labels[3, T // 2] = 0
+        inv[4, 1] = float("nan")
+        labels[4, 1] = -1
+    check_prep(labels, inv)
+
+
+def test_prep_lists_cross_every_block_boundary():
+    # T above the interpreter's list block (4096) and GT counts above its ranking tile (512),
+    # with window ids falling in time (the ranking path) and runs across block edges
+    T = 9000
+    labels = torch.zeros(3, T, dtype=torch.int64)
+    labels[0, 4000:4200] = 7
+    labels[0, 8100:8192 + 300] = 2
+    labels[0, 10:600] = 5
+    labels[1] = torch.where(torch.arange(T) % 2 == 0, 1 + (torch.arange(T) // 100) % 9, 0)
+    labels[1, 4095:4097] = -1
+    labels[2, :] = 1
+    labels[2, 5000:] = 3
+    labels[2, 4096] = 2  # a one-clip window inside another window's run
+    inv = torch.rand(3, T, dtype=torch.float64)
+    check_prep(labels, inv)
+    check_prep(labels.flip(1), inv)
+
+
+def test_prep_all_windows_distinct_and_falling():
+    # every clip its own window, ids falling in time: nwin = T, worst case of the ranking
+    T = 1100
+    labels = torch.arange(T, 0, -1).unsqueeze(0).repeat(2, 1)
+    labels[1, ::3] = -1
+    check_prep(labels, torch.rand(2, T, dtype=torch.float64))
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_host_work_of_one_step_is_bounded():
+    """At B=32, T=75 (QVHighlights) one forward and backward is a few dozen host operations:
+    5 kernel launches each way and allocations, no index-list ops and no device sync (a
+    `.item()`-like read would show as aten._local_scalar_dense)."""
+    B, T, D = 32, 75, 256
+    emb = torch.randn(B, T, D)
+    labels = random_labels(B, T, seed=0, sorted_ids=True)
+    opts = (20, 0.07, 0, 0, 1, 0.3, 0.1, 0.1, True, True)
+    out = TB.forward(emb, labels, opts)  # real outputs for the backward below
+    with TB.record_launches() as fwd_launches, _CountOps() as fwd_ops:
+        TB.forward(emb, labels, opts)
+    g = torch.ones(B, dtype=torch.float64)
+    has_c, has_b = out[1].bool(), out[3].bool()  # as the custom op hands them over
+    with TB.record_launches() as bwd_launches, _CountOps() as bwd_ops:
+        TB.backward(emb, labels, opts, g, g, has_c, has_b, *out[4:])
+    assert len(fwd_launches) == 5 and len(bwd_launches) == 5
+    for ops in (fwd_ops.ops, bwd_ops.ops):
+        assert "aten._local_scalar_dense.default" not in ops
+        other = [op for op in ops if op not in ("aten.empty.memory_format", "aten.unbind.int",
+                                                "aten.zero_.default", "aten.view.dtype",
+                                                "aten.detach.default")]
+        assert other == [], other
+    assert len(fwd_ops.ops) <= 20 and len(bwd_ops.ops) <= 16, (fwd_ops.ops, bwd_ops.ops)
