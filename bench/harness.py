@@ -2,6 +2,7 @@
 
     python -m bench.harness [--quick] [--sweep] [--shapes qvh,tacos,long4k,long16k]
         [--backends reference,cpu,compile] [--modes fwd,fwdbwd] [--device cpu|cuda]
+        [--targets]
         [--csv bench/results/cpu.csv] [--repeats N] [--warmup N] [--case-timeout S]
 
 What is measured, per (backend, shape, mode) case, each in a fresh child process
@@ -592,6 +593,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="shorter timing, long16k skipped for reference and compile")
     p.add_argument("--sweep", action="store_true",
                    help=f"T in {SWEEP_TS[0]}..{SWEEP_TS[-1]} (B=2, one window ~5%%)")
+    p.add_argument("--targets", action="store_true",
+                   help="only the cases the GPU targets need (bench.targets): fwdbwd at qvh "
+                        "(baselines reference, compile), long4k (reference), long16k (none), "
+                        "for the fused backends of --backends")
     p.add_argument("--repeats", type=int, default=None, help="timed calls (default adaptive)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up calls (default 3)")
     p.add_argument("--min-time", type=float, default=None,
@@ -639,6 +644,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows: List[dict] = []
     failed: set = set()  # (backend, mode) that failed at a smaller T of the sweep
     cases = [(s, m, b) for s in shapes for m in modes for b in backends]
+    if args.targets:
+        from bench.targets import target_cases
+
+        cases = [(s, m, b) for b, s, m in target_cases([b for b in backends
+                                                        if b not in BASELINES])]
     try:
         for i, (s, m, b) in enumerate(cases, 1):
             shape = get_shape(s)

@@ -198,3 +198,65 @@ def test_csv_with_an_older_header_is_migrated(tmp_path):
     old, new = (dict(zip(harness.COLUMNS, r)) for r in rows[1:])
     assert old["backend"] == "reference" and old["median_ms"] == "5.0" and old["gpu_ms"] == ""
     assert new["backend"] == "cuda" and new["gpu_ms"] == "0.5"
+
+
+def _target_rows(ref_qvh, comp_qvh, fused_qvh, gpu_ref, gpu_fused, ref_4k, fused_4k, mem_ref,
+                 mem_fused, fused_16k):
+    def row(backend, shape, ms, gpu="", mem="", status="ok"):
+        return dict(backend=backend, shape=shape, mode="fwdbwd", median_ms=str(ms),
+                    gpu_ms=str(gpu), peak_mem_mb=str(mem), status=status)
+    return [row("reference", "qvh", ref_qvh, gpu_ref), row("compile", "qvh", comp_qvh),
+            row("triton", "qvh", fused_qvh, gpu_fused),
+            row("reference", "long4k", ref_4k, mem=mem_ref),
+            row("triton", "long4k", fused_4k, mem=mem_fused),
+            row("triton", "long16k", fused_16k)]
+
+
+def test_targets_evaluate_pass_fail_and_missing():
+    from bench import targets
+
+    good = targets.evaluate(_target_rows(3.0, 1.8, 0.5, 1.5, 0.05, 100.0, 1.0, 900.0, 5.0, 4.0))
+    assert [c["verdict"] for c in good] == ["pass"] * 6
+    assert good[0]["value"] == pytest.approx(6.0) and good[1]["value"] == pytest.approx(30.0)
+    bad = targets.evaluate(_target_rows(4.0, 1.0, 0.75, 1.5, 0.2, 100.0, 4.0, 900.0, 10.0, 12.0))
+    assert [c["verdict"] for c in bad] == ["pass", "FAIL", "FAIL", "FAIL", "FAIL", "FAIL"]
+    rows = _target_rows(3.0, 1.8, 0.5, "", 0.05, 100.0, 1.0, 900.0, 5.0, 4.0)
+    rows[-1]["status"] = "timeout"
+    some = targets.evaluate(rows)
+    assert some[1]["verdict"] == "missing" and some[-1]["verdict"] == "missing"
+
+
+def test_targets_floor_counts_gt_rows_and_bytes():
+    from bench import targets
+
+    fl = targets.floor_estimate("long4k", tflops=1.0, tbps=1.0)
+    labels = harness.make_labels(harness.get_shape("long4k"))
+    ng = int((labels >= 1).sum(1)[0])
+    assert ng == round(0.05 * 4096)
+    want = 2 * (2 * 256 * ng * 4096 + 4 * 256 * ng * ng)
+    assert fl["gflop"] == pytest.approx(want / 1e9)
+    assert fl["mbytes"] == pytest.approx(3 * 2 * 4096 * 256 * 4 / 1e6)
+    assert fl["flop_ms"] == pytest.approx(want / 1e12 * 1e3)
+
+
+def test_targets_cases_and_cli(tmp_path, capsys):
+    from bench import targets
+
+    cases = targets.target_cases(["triton", "cuda"])
+    assert ("compile", "qvh", "fwdbwd") in cases and ("cuda", "long16k", "fwdbwd") in cases
+    assert ("reference", "long16k", "fwdbwd") not in cases
+    assert ("compile", "long4k", "fwdbwd") not in cases
+    path = tmp_path / "cuda.csv"
+    rows = _target_rows(3.0, 1.8, 0.5, 1.5, 0.05, 100.0, 1.0, 900.0, 5.0, 4.0)
+    old = dict(rows[2], median_ms="9.0", date="2026-01-01")
+    for r in rows:
+        r["date"] = "2026-02-02"
+    harness.append_csv(path, [old] + rows)  # the later run of a case wins
+    out = tmp_path / "t.json"
+    assert targets.main(["--csv", str(path), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| triton | qvh | wall clock vs reference | 6 x | >= 5 x | pass |" in text
+    assert "Floor" in text and "long16k" in text
+    rows[-1]["median_ms"] = "11"
+    harness.append_csv(path, [rows[-1]])
+    assert targets.main(["--csv", str(path)]) == 1
