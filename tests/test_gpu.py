@@ -156,3 +156,17 @@ def test_cuda_cpp_backend_uses_the_current_stream_and_device():
         other = per_sample_value_and_grad("cuda", emb.to(dev), labels.to(dev))
         assert all(x.device == dev for x in other)
         assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(want, other))
+
+
+def test_gpu_ceilings_script_measures_the_card(tmp_path):
+    """scripts/gpu_ceilings.py (the floor estimates' ceilings): plausible, positive rates."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_ceilings.py"
+    out = tmp_path / "ceilings.json"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, timeout=300)
+    c = json.loads(out.read_text())
+    assert 0.1 < c["copy_tbps"] < 20 and 1 < c["fp32_tflops"] < 200, c

@@ -69,3 +69,27 @@ def test_best_prefers_gpu_time_and_skips_failures():
     chosen = gpu_tune.best(rows)
     assert chosen["cuda"]["qvh"]["candidate"] == "1024"  # least GPU time wins
     assert chosen["triton"]["qvh"]["candidate"] == "a"  # wall clock when no GPU time
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the no-GPU path")
+def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
+    """Without a GPU the staged check builds nothing (it would rebuild the package for no
+    device) and says why; every stage name is known to it."""
+    import os
+    import subprocess
+    import sys
+
+    script = ROOT / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable,
+               GPU_CHECK_WORK=str(tmp_path / "work"))
+    proc = subprocess.run(["bash", str(script), "lease"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "no CUDA GPU visible" in proc.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["logs.tgz", "summary.txt"]
+    assert not (tmp_path / "work" / "build.log").exists()
+    text = script.read_text()
+    for stage in ("build", "smoke", "gputests", "tests", "sanitizer", "targets", "bench",
+                  "tune"):
+        assert f"stage_{stage}()" in text
