@@ -95,14 +95,17 @@ _DOUBLE_BACKWARD_MSG = (
 )
 
 
-def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl: Callable) -> FusedOps:
+def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl: Callable,
+                           upstream_as_is: bool = False) -> FusedOps:
     """Register `cliptbp::{name}_fwd` / `cliptbp::{name}_bwd` around kernel launchers.
 
     `fwd_impl(emb, labels, opts) -> (loss_clip, has_clip, loss_boun, has_boun, lse, neg_sum,
-    pairs, inv_norm)` with float64 losses, uint8 flags, float64 lse/neg_sum, int64 pairs
-    [B, kcap] and float64 inverse norms [B, T]; `bwd_impl(emb, labels, opts, grad_clip,
-    grad_boun, has_clip, has_boun, lse, neg_sum, pairs, inv_norm)` returns the gradient in the
-    compute dtype. `opts` is the tuple of scalar options below.
+    pairs, inv_norm)` with float64 (or already the output dtype) losses, uint8 (or bool)
+    flags, float64 lse/neg_sum, int64 pairs [B, kcap] and float64 inverse norms [B, T];
+    `bwd_impl(emb, labels, opts, grad_clip, grad_boun, has_clip, has_boun, lse, neg_sum,
+    pairs, inv_norm)` returns the gradient in the compute dtype. The upstream gradients
+    [B] come as contiguous float64, or with `upstream_as_is` as autograd hands them over (the
+    losses' dtype, any stride). `opts` is the tuple of scalar options below.
     """
     qual = f"cliptbp::{name}"
 
@@ -140,9 +143,11 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
     ) -> Tensor:
         opts = (k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale,
                 want_clip, want_boun)
-        grad = bwd_impl(emb, labels, opts, grad_clip.double().contiguous(),
-                        grad_boun.double().contiguous(), has_clip, has_boun, lse, neg_sum, pairs,
-                        inv_norm)
+        if not upstream_as_is:
+            grad_clip = grad_clip.double().contiguous()
+            grad_boun = grad_boun.double().contiguous()
+        grad = bwd_impl(emb, labels, opts, grad_clip, grad_boun, has_clip, has_boun, lse, neg_sum,
+                        pairs, inv_norm)
         return grad.to(emb.dtype)
 
     @bwd.register_fake

@@ -15,6 +15,7 @@ the gap exceeds 1e-6 or values are exact).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import struct
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor
 
 from ._custom_ops import check_limits as _check_limits
-from ._custom_ops import backward_buffers, forward_outputs, kcap_for, register_fused_backend
+from ._custom_ops import (backward_buffers, compute_dtype, forward_outputs, kcap_for,
+                          register_fused_backend)
 
 try:
     import triton
@@ -111,14 +113,18 @@ def _split(x: float):
 
 GPU_BLOCKS_ENV = "CLIPTBP_TRITON_GPU_BLOCKS"
 _GPU_BLOCK_KEYS = {"BM": "BM", "BN": "BN", "BK": "BK", "warps": "warps",
-                   "cols": "cols_per_split"}
+                   "cols": "cols_per_split", "bwarps": "bwarps"}
 
 
 def gpu_block_override() -> dict:
     """GPU block sizes of the float32/16-bit kernels from CLIPTBP_TRITON_GPU_BLOCKS, e.g.
-    "BM=64,BN=64,BK=32,warps=4,cols=512" (any subset; the tuning stage of the GPU check
-    sweeps them). Powers of two, at least 16 for the dot sizes; ValueError otherwise."""
-    text = os.environ.get(GPU_BLOCKS_ENV, "").strip()
+    "BM=32,BN=64,BK=32,warps=4,cols=512,bwarps=8" (any subset; the tuning stage of the GPU
+    check sweeps them; bwarps: the warps of the backward's positive-block kernel). Powers of two, at least 16 for the dot sizes; ValueError otherwise."""
+    return dict(_parse_blocks(os.environ.get(GPU_BLOCKS_ENV, "").strip()))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_blocks(text: str) -> tuple:
     out = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
@@ -126,45 +132,67 @@ def gpu_block_override() -> dict:
             raise ValueError(f"{GPU_BLOCKS_ENV}: expected entries like BM=64 with keys "
                              f"{sorted(_GPU_BLOCK_KEYS)}, got {part!r}")
         n = int(value)
-        low = 1 if key in ("warps", "cols") else 16
+        low = 1 if key in ("warps", "cols", "bwarps") else 16
         if n < low or n & (n - 1):
             raise ValueError(f"{GPU_BLOCKS_ENV}: {key} must be a power of two >= {low}, "
                              f"got {n}")
         out[_GPU_BLOCK_KEYS[key]] = n
-    return out
+    return tuple(out.items())
 
 
 class _Blocks:
     """Block sizes of one launch: interpreter or GPU, float64 or not. On the GPU every dot
     operand dimension is at least 16 (masking covers smaller D). The GPU sizes of the
-    float32/16-bit kernels can be overridden for tuning (`gpu_block_override`)."""
+    float32/16-bit kernels can be overridden for tuning (`gpu_block_override`).
 
-    def __init__(self, T: int, D: int, f64: bool, KP: int):
-        interp = interpreting()
+    The float32/16-bit GPU defaults keep the two similarity-tile kernels out of local memory
+    (sm_90 resource usage from the compiler, `cuobjdump --dump-resource-usage`, D=256): with
+    64 x 64 tiles and 4 warps `_clip_fwd_kernel` spilled a 368-byte stack frame and
+    `_pos_bwd_kernel` 920 bytes; with 32-row tiles the forward needs 8 bytes, and the
+    positive-block backward with 8 warps none. Not yet timed on a GPU: the GPU check's
+    `tune` stage sweeps the alternatives."""
+
+    def __init__(self, T: int, D: int, f64: bool, KP: int, interp: bool):
+        self.interp = interp
         if interp:
             self.BM, self.BN = min(64, max(16, _pow2(T))), min(256, max(16, _pow2(T)))
             self.BK = min(_pow2(D), 32 if f64 else 128)
             self.BW, self.BP = 64, 256
             self.cols_per_split = 1 << 30  # one column split: fewer programs
-            self.warps = 1
+            self.warps = self.bwarps = 1
         elif f64:
             self.BM = self.BN = 16
             self.BK = 16
             self.BW, self.BP = 16, 128
             self.cols_per_split = 512
-            self.warps = 4
+            self.warps = self.bwarps = 4
         else:
-            self.BM, self.BN = 64, 64
+            self.BM, self.BN = 32, 64
             self.BK = max(16, min(_pow2(D), 32))
             self.BW, self.BP = 16, 128
             self.cols_per_split = 512
-            self.warps = 4
+            self.warps, self.bwarps = 4, 8
             for name, value in gpu_block_override().items():
                 setattr(self, name, value)
         self.BDO = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 16 if f64 else 64))
         self.BPK = max(1, 4096 // max(KP, 1))  # partial top-k lists merged per step
-        self.BW = min(self.BW, _pow2(T))  # windows per program (a sample has at most T)
+        self.BW = min(self.BW, _pow2(T))  # windows per step (a sample has at most T)
         self.BKV = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 64))  # vector loops
+        self.BO = 16  # window offsets 0..6r+2 (set per call)
+        self.BKW = 16  # embedding columns per step of the window gathers (set per call)
+
+    def windows(self, radius: int) -> None:
+        """Sizes of the window gathers, [BW, BO, BKW] values per step: bounded on the GPU
+        (registers)."""
+        self.BO = _pow2(6 * radius + 3)
+        step = max(1, min(self.BKV, 8192 // (self.BW * self.BO)))
+        self.BKW = self.BKV if self.interp else _pow2(step)
+
+    def pair_cols(self, KP: int, interp_cols: int) -> int:
+        """Embedding columns per step when recomputing the KP chosen pairs' similarities: on
+        the GPU at most 4096 values per operand (a k of 300 spilled kilobytes of registers
+        with the vector-loop width), in the interpreter `interp_cols`."""
+        return interp_cols if self.interp else max(1, min(self.BK, _pow2(4096 // KP + 1) // 2))
 
 
 class _Prep:
@@ -176,7 +204,7 @@ class _Prep:
     window (ordered by label), count nwin [B]; bad [B]: 1 where a valid clip holds NaN or Inf.
     Entries past the counts are unspecified (the kernels mask them)."""
 
-    def __init__(self, labels: Tensor, inv: Tensor):
+    def __init__(self, labels: Tensor, inv: Tensor, interp: bool):
         B, T = labels.shape
         i64 = dict(dtype=torch.int64, device=labels.device)
         self.rows_gt = torch.empty((B, T), **i64)
@@ -184,7 +212,6 @@ class _Prep:
         self.win = torch.empty((B, T, 4), **i64)
         scratch = torch.empty((B, 2, T), **i64)
         self.ng, self.nvalid, self.nwin, self.bad = torch.empty((4, B), **i64).unbind(0)
-        interp = interpreting()
         _launch(K._prep_kernel, (B,), labels, inv, self.rows_gt, self.rows_valid, scratch,
                 self.win, self.ng, self.nvalid, self.nwin, self.bad, T,
                 BT=min(4096 if interp else 1024, max(16, _pow2(T))),
@@ -197,25 +224,17 @@ def _view(emb: Tensor):
     return T, D, sb, st, sd
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _norms(emb: Tensor, labels: Tensor, blk: _Blocks) -> Tensor:
     B, T, D = emb.shape
     inv = torch.empty((B, T), dtype=torch.float64, device=emb.device)
-    BMn = min(256, _pow2(T)) if interpreting() else 32
-    _launch(K._norm_kernel, (triton.cdiv(T, BMn), B), emb, labels, inv, *_view(emb), BM=BMn,
-                                             BK=min(_pow2(D), 128), num_warps=blk.warps)
+    BMn = min(256, _pow2(T)) if blk.interp else 32
+    _launch(K._norm_kernel, (_cdiv(T, BMn), B), emb, labels, inv, *_view(emb), BM=BMn,
+            BK=min(_pow2(D), 128), num_warps=blk.warps)
     return inv
-
-
-def _window_terms(emb, labels, inv, prep, bad, radius, blk, CT):
-    B, T, D = emb.shape
-    term = torch.empty((B, T, 4), dtype=torch.float64, device=emb.device)
-    BO = _pow2(6 * radius + 3)
-    # [BW, BO, BK] gathered values per step: bounded on the GPU (registers)
-    BK = blk.BKV if interpreting() else max(1, min(blk.BKV, 8192 // (blk.BW * BO)))
-    _launch(K._window_kernel, (triton.cdiv(T, blk.BW), B),
-        emb, labels, inv, prep.win, prep.nwin, bad, term, *_view(emb), radius,
-        BW=blk.BW, BO=BO, BK=_pow2(BK), CT=CT, num_warps=blk.warps)
-    return term
 
 
 def _ct(dtype):
@@ -232,29 +251,34 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     if emb.numel() == 0:
         return forward_outputs(B, T, kcap, dev, empty=True)
     f64 = dict(dtype=torch.float64, device=dev)
-    loss_c, loss_b = torch.empty(B, **f64), torch.empty(B, **f64)
-    has_c = torch.empty(B, dtype=torch.uint8, device=dev)
-    has_b = torch.empty(B, dtype=torch.uint8, device=dev)
+    # the losses in the output dtype and the flags as bool: the custom op returns them as they
+    # are (the kernel rounds the float64 loss once, on store)
+    out_dtype = compute_dtype(emb.dtype)
+    loss_c = torch.empty(B, dtype=out_dtype, device=dev)
+    loss_b = torch.empty(B, dtype=out_dtype, device=dev)
+    has_c = torch.empty(B, dtype=torch.bool, device=dev)
+    has_b = torch.empty(B, dtype=torch.bool, device=dev)
     lse, lval = torch.empty(B, **f64), torch.empty(B, **f64)
     D = emb.shape[2]
     is64 = emb.dtype == torch.float64
     CT = _ct(emb.dtype)
     has_k = bool(want_clip and kcap > 0)
     KP = max(2, _pow2(kcap)) if has_k else 2  # tl.topk needs k >= 2
-    blk = _Blocks(T, D, is64, KP)
+    blk = _Blocks(T, D, is64, KP, interpreting())
+    blk.windows(radius)
     inv = _norms(emb, labels, blk)
-    prep = _Prep(labels, inv)
+    prep = _Prep(labels, inv, blk.interp)
     bad = prep.bad
     all_neg = negatives == 1
     rows, nrows = (prep.rows_valid, prep.nvalid) if all_neg else (prep.rows_gt, prep.ng)
-    n_tiles = triton.cdiv(T, blk.BN)
-    nsplit = max(1, min(64, triton.cdiv(T, blk.cols_per_split)))
-    tps = triton.cdiv(n_tiles, nsplit)
-    nsplit = triton.cdiv(n_tiles, tps)
-    nrb = triton.cdiv(T, blk.BM)
+    n_tiles = _cdiv(T, blk.BN)
+    nsplit = max(1, min(64, _cdiv(T, blk.cols_per_split)))
+    tps = _cdiv(n_tiles, nsplit)
+    nsplit = _cdiv(n_tiles, tps)
+    nrb = _cdiv(T, blk.BM)
     if want_clip and B * nrb * nsplit * KP > (1 << 22) and _RECORDER is None:
         # size the partial buffers by the rows actually present (one sync)
-        nrb = max(1, triton.cdiv(int(nrows.max()), blk.BM))
+        nrb = max(1, _cdiv(int(nrows.max()), blk.BM))
     ith, itl = _split(1.0 / tau)
     blk.BP = min(blk.BP, _pow2(nrb * nsplit))  # partial results merged per step
     blk.BPK = min(blk.BPK, _pow2(nrb * nsplit))
@@ -267,17 +291,17 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
             emb, labels, inv, rows, nrows, bad, lse_m, lse_s, top, *_view(emb), ith, itl,
             nrb, nsplit, tps, k, SAME=positives == 1, ALL=all_neg, KP=KP, HAS_K=has_k,
             BM=blk.BM, BN=blk.BN, BK=blk.BK, CT=CT, IS_F64=is64, num_warps=blk.warps)
-    term = _window_terms(emb, labels, inv, prep, bad, radius, blk, CT) if want_boun else lse_m
     m = [_split(float(x)) for x in (mmax, mbase, mscale)]
     keys = torch.empty((B, KP) if has_k else 1, dtype=torch.int64, device=dev)  # scratch
     pairs = torch.empty((B, kcap), dtype=torch.int64, device=dev)
     _launch(K._finalize_kernel, (B,),
-        emb, labels, inv, nrows, prep.nvalid, bad, prep.win, prep.nwin, term, lse_m, lse_s, top,
+        emb, labels, inv, nrows, prep.nvalid, bad, prep.win, prep.nwin, lse_m, lse_s, top,
         loss_c, has_c, loss_b, has_b, lse, lval, keys, pairs if kcap > 0 else keys,
-        *_view(emb), ith, itl, nrb, nsplit, k, kcap, *m[0], *m[1], *m[2],
+        *_view(emb), ith, itl, nrb, nsplit, k, kcap, radius, *m[0], *m[1], *m[2],
         WANT_CLIP=bool(want_clip), WANT_BOUN=bool(want_boun), KP=KP, HAS_K=has_k, BM=blk.BM,
-        BP=blk.BP, BPK=blk.BPK, BK=blk.BK, BW=blk.BW, BJ=KP if interpreting() else
-        max(1, min(KP, 8192 // KP)), CT=CT, num_warps=blk.warps)
+        BP=blk.BP, BPK=blk.BPK, BK=blk.BK, BW=blk.BW, BO=blk.BO, BKW=blk.BKW,
+        BKP=blk.pair_cols(KP, blk.BK), BJ=KP if blk.interp else max(1, min(KP, 8192 // KP)),
+        CT=CT, num_warps=blk.warps)
     return loss_c, has_c, loss_b, has_b, lse, lval, pairs, inv
 
 
@@ -295,32 +319,37 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     CT = _ct(emb.dtype)
     has_c, has_b, lse, lval, pairs, inv = saved
     kcap = pairs.shape[1]
-    blk = _Blocks(T, D, is64, max(2, _pow2(kcap)))
-    prep = _Prep(labels, inv)
+    blk = _Blocks(T, D, is64, max(2, _pow2(kcap)), interpreting())
+    blk.windows(radius)
+    prep = _Prep(labels, inv, blk.interp)
     bad = prep.bad
     ith, itl = _split(1.0 / tau)
+    # the upstream gradients as autograd hands them over ([B], float32 or float64, any
+    # stride: an expanded scalar has stride 0): the kernels read them in place
+    gcs, gbs = grad_clip.stride(0), grad_boun.stride(0)
     if want_clip:
         BDO = blk.BDO
-        _launch(K._pos_bwd_kernel, (triton.cdiv(T, blk.BM), triton.cdiv(D, BDO), B),
-            emb, labels, inv, prep.rows_gt, prep.ng, bad, has_c, grad_clip, lse, lval, grad,
-            *_view(emb), ith, itl, SAME=positives == 1, BM=blk.BM, BN=min(blk.BN, 64),
-            BK=blk.BK, BDO=BDO, CT=CT, IS_F64=is64, num_warps=blk.warps)
-    term = _window_terms(emb, labels, inv, prep, bad, radius, blk, CT) if want_boun else lse
+        _launch(K._pos_bwd_kernel, (_cdiv(T, blk.BM), _cdiv(D, BDO), B),
+            emb, labels, inv, prep.rows_gt, prep.ng, bad, has_c, grad_clip, gcs, lse, lval,
+            grad, *_view(emb), ith, itl, SAME=positives == 1, BM=blk.BM, BN=min(blk.BN, 64),
+            BK=blk.BK, BDO=BDO, CT=CT, IS_F64=is64, num_warps=blk.bwarps)
     m = [_split(float(x)) for x in (mmax, mbase, mscale)]
     coef = torch.empty((B, max(kcap, 1)), dtype=torch.float64, device=emb.device)
+    term = torch.empty((B, T, 4) if want_boun else 1, dtype=torch.float64, device=emb.device)
     has_neg = bool(want_clip and kcap > 0)
     _launch(K._sparse_bwd_kernel, (B,),
-        emb, labels, inv, grad, pairs, coef, bad, has_c, grad_clip, lse, lval, has_b, grad_boun,
-        prep.win, prep.nwin, term, prep.nvalid, *_view(emb), kcap, ith, itl, radius,
-        *m[0], *m[1], *m[2], WANT_CLIP=has_neg, WANT_BOUN=bool(want_boun),
-        KP=max(2, _pow2(kcap)), BK=blk.BKV, BO=_pow2(6 * radius + 3), BW=blk.BW, CT=CT,
-        num_warps=blk.warps)
-    BMc = min(256, _pow2(T)) if interpreting() else 32
-    _launch(K._chain_kernel, (triton.cdiv(T, BMc), B),
+        emb, labels, inv, grad, pairs, coef, bad, has_c, grad_clip, gcs, lse, lval, has_b,
+        grad_boun, gbs, prep.win, prep.nwin, term, prep.nvalid, *_view(emb), kcap, ith, itl,
+        radius, *m[0], *m[1], *m[2], WANT_CLIP=has_neg, WANT_BOUN=bool(want_boun),
+        KP=max(2, _pow2(kcap)), BK=blk.BKV, BO=blk.BO, BW=blk.BW, BKW=blk.BKW,
+        BKP=blk.pair_cols(max(2, _pow2(kcap)), blk.BKV), CT=CT, num_warps=blk.warps)
+    BMc = min(256, _pow2(T)) if blk.interp else 32
+    _launch(K._chain_kernel, (_cdiv(T, BMc), B),
         emb, labels, inv, bad, grad, pairs, coef, *_view(emb), kcap, HAS_NEG=has_neg, BM=BMc,
-        BN=64 if interpreting() else 16, BK=blk.BKV if interpreting() else blk.BK, CT=CT,
+        BN=64 if blk.interp else 16, BK=blk.BKV if blk.interp else blk.BK, CT=CT,
         IS_F64=is64, num_warps=blk.warps)
     return grad
 
 
-OPS = register_fused_backend("triton", ("cpu", "cuda"), forward, backward) if available() else None
+OPS = (register_fused_backend("triton", ("cpu", "cuda"), forward, backward, upstream_as_is=True)
+       if available() else None)

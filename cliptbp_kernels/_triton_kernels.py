@@ -20,17 +20,18 @@ Forward:
   row and a running top-k of the negative candidates as int64 keys (order-preserving bits of
   the float32 similarity above the complement of the 32-bit pair index, so one integer
   top-k gives SPEC.md's tie rule), and writes one partial log-sum-exp and one partial top-k.
-* `_window_kernel`: per ground-truth window, the means of ``s_ci`` over ``I_pos`` and ``I_neg``.
 * `_finalize_kernel`, one program per sample: merges the partial results in a fixed order,
-  recomputes the chosen similarities, and writes the losses, the flags, the two values the
+  recomputes the chosen similarities, computes the boundary terms (per window, the means of
+  ``s_ci`` over ``I_pos`` and ``I_neg``), and writes the losses, the flags, the two values the
   backward needs and the chosen pairs in rank order.
 
 Backward (exactly sparse, no atomics, bitwise deterministic):
 
 * `_pos_bwd_kernel`: the GT x GT block of positive pairs, one program per GT row block and
   output column chunk, each gradient row written by exactly one program.
-* `_sparse_bwd_kernel`, one program per sample: the chosen negatives and the boundary terms,
-  applied one after another in a fixed order.
+* `_sparse_bwd_kernel`, one program per sample: the chosen negatives' coefficients, then the
+  boundary terms (the window sums recomputed as in the forward), applied window after window
+  in a fixed order.
 * `_chain_kernel`: the chain rule through the normalisation.
 """
 
@@ -427,59 +428,51 @@ def _members(js, je, c, wl, radius, o, lab_ptr, b, T):
     return p, pos, neg
 
 
-@triton.jit
-def _window_kernel(emb_ptr, lab_ptr, inv_ptr, win_ptr, nwin_ptr, bad_ptr, term_ptr,
-                   T, D, sb, st, sd, radius,
-                   BW: tl.constexpr, BO: tl.constexpr, BK: tl.constexpr, CT: tl.constexpr):
-    """term[b, w] = (mean of s_ci over I_pos, mean over I_neg, |I_pos|, |I_neg|) for the BW
-    windows w of sample b handled by this program."""
-    w = tl.program_id(0) * BW + tl.arange(0, BW)
-    b = tl.program_id(1).to(tl.int64)
-    nw = tl.load(nwin_ptr + b)
-    bad = tl.load(bad_ptr + b)
-    if (tl.program_id(0) * BW < nw) & (bad == 0):
-        wm = w < nw
-        wp = win_ptr + (b * T + w) * 4
-        wl = tl.load(wp, mask=wm, other=0)
-        js = tl.load(wp + 1, mask=wm, other=0)
-        je = tl.load(wp + 2, mask=wm, other=0)
-        c = tl.load(wp + 3, mask=wm, other=0)
-        o = tl.arange(0, BO)
-        p, pos, neg = _members(js[:, None], je[:, None], c[:, None], wl[:, None], radius,
-                               o[None, :], lab_ptr, b, T)
-        pos = pos & wm[:, None]
-        neg = neg & wm[:, None]
-        mem = pos | neg
-        acc = tl.full([BW, BO], 0, tl.float64)
-        for d0 in range(0, D, BK):
-            d = d0 + tl.arange(0, BK)
-            dm = d[None, None, :] < D
-            vp = tl.load(emb_ptr + b * sb + p[:, :, None] * st + d[None, None, :] * sd,
-                         mask=mem[:, :, None] & dm, other=0.0)
-            ip = tl.load(inv_ptr + b * T + p, mask=mem, other=0.0)
-            up = (_to_f64(vp) * ip[:, :, None]).to(CT).to(tl.float64)
-            uc = _load_u(emb_ptr, b, c, wm, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
-            acc += _rsum(up * uc.to(tl.float64)[:, None, :], 2)
-        npos = _rsum(pos.to(tl.int32), 1)
-        nneg = _rsum(neg.to(tl.int32), 1)
-        sp = _rsum(tl.where(pos, acc, 0.0), 1)
-        sn = _rsum(tl.where(neg, acc, 0.0), 1)
-        tp = term_ptr + (b * T + w) * 4
-        tl.store(tp, sp / tl.maximum(npos, 1).to(tl.float64), mask=wm)
-        tl.store(tp + 1, sn / tl.maximum(nneg, 1).to(tl.float64), mask=wm)
-        tl.store(tp + 2, npos.to(tl.float64), mask=wm)
-        tl.store(tp + 3, nneg.to(tl.float64), mask=wm)
+@_device
+def _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b, w, wm, T, D, sb, st, sd, radius,
+                 BO: tl.constexpr, BK: tl.constexpr, CT: tl.constexpr):
+    """(mean of s_ci over I_pos, mean over I_neg, |I_pos|, |I_neg|) of the windows w of sample
+    b where wm, float64 vectors; the forward's loss and the backward use this same
+    computation."""
+    wp = win_ptr + (b * T + w) * 4
+    wl = tl.load(wp, mask=wm, other=0)
+    js = tl.load(wp + 1, mask=wm, other=0)
+    je = tl.load(wp + 2, mask=wm, other=0)
+    c = tl.load(wp + 3, mask=wm, other=0)
+    o = tl.arange(0, BO)
+    p, pos, neg = _members(js[:, None], je[:, None], c[:, None], wl[:, None], radius,
+                           o[None, :], lab_ptr, b, T)
+    pos = pos & wm[:, None]
+    neg = neg & wm[:, None]
+    mem = pos | neg
+    acc = tl.zeros(p.shape, tl.float64)
+    for d0 in range(0, D, BK):
+        d = d0 + tl.arange(0, BK)
+        dm = d[None, None, :] < D
+        vp = tl.load(emb_ptr + b * sb + p[:, :, None] * st + d[None, None, :] * sd,
+                     mask=mem[:, :, None] & dm, other=0.0)
+        ip = tl.load(inv_ptr + b * T + p, mask=mem, other=0.0)
+        up = (_to_f64(vp) * ip[:, :, None]).to(CT).to(tl.float64)
+        uc = _load_u(emb_ptr, b, c, wm, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
+        acc += _rsum(up * uc.to(tl.float64)[:, None, :], 2)
+    npos = _rsum(pos.to(tl.int32), 1)
+    nneg = _rsum(neg.to(tl.int32), 1)
+    sp = _rsum(tl.where(pos, acc, 0.0), 1)
+    sn = _rsum(tl.where(neg, acc, 0.0), 1)
+    return (sp / tl.maximum(npos, 1).to(tl.float64), sn / tl.maximum(nneg, 1).to(tl.float64),
+            npos.to(tl.float64), nneg.to(tl.float64))
 
 
 @triton.jit
 def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
-                     win_ptr, nwin_ptr, term_ptr, lse_m_ptr, lse_s_ptr, top_ptr,
+                     win_ptr, nwin_ptr, lse_m_ptr, lse_s_ptr, top_ptr,
                      loss_c_ptr, has_c_ptr, loss_b_ptr, has_b_ptr, lse_out_ptr, l_out_ptr,
                      keys_ptr, pairs_ptr, T, D, sb, st, sd, inv_tau_hi, inv_tau_lo, NRB, NSPLIT,
-                     K, KCAP, mmax_hi, mmax_lo, mbase_hi, mbase_lo, mscale_hi, mscale_lo,
-                     WANT_CLIP: tl.constexpr, WANT_BOUN: tl.constexpr, KP: tl.constexpr,
-                     HAS_K: tl.constexpr, BM: tl.constexpr, BP: tl.constexpr,
-                     BPK: tl.constexpr, BK: tl.constexpr, BW: tl.constexpr,
+                     K, KCAP, radius, mmax_hi, mmax_lo, mbase_hi, mbase_lo, mscale_hi,
+                     mscale_lo, WANT_CLIP: tl.constexpr, WANT_BOUN: tl.constexpr,
+                     KP: tl.constexpr, HAS_K: tl.constexpr, BM: tl.constexpr,
+                     BP: tl.constexpr, BPK: tl.constexpr, BK: tl.constexpr, BW: tl.constexpr,
+                     BO: tl.constexpr, BKW: tl.constexpr, BKP: tl.constexpr,
                      BJ: tl.constexpr, CT: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     bad = tl.load(bad_ptr + b)
@@ -529,7 +522,7 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
                 pair = tl.where(sel, LOW32 - (top & LOW32), -1)
                 if has_c != 0:
                     # the loss from the chosen similarities, recomputed as the backward does
-                    acc = _pair_sims(emb_ptr, b, pair, sel, inv_ptr, T, D, sb, st, sd, KP, BK,
+                    acc = _pair_sims(emb_ptr, b, pair, sel, inv_ptr, T, D, sb, st, sd, KP, BKP,
                                      CT)
                     zn = tl.where(sel, acc * inv_tau, float("-inf"))
                     mn = _rmax(zn, None)
@@ -584,11 +577,10 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
             for w0 in range(0, nw, BW):
                 w = w0 + tl.arange(0, BW)
                 wm = w < nw
-                tp = term_ptr + (b * T + w) * 4
-                s_pos = tl.load(tp, mask=wm, other=0.0)
-                s_neg = tl.load(tp + 1, mask=wm, other=0.0)
-                act = wm & (tl.load(tp + 2, mask=wm, other=0.0) > 0.0) & (
-                    tl.load(tp + 3, mask=wm, other=0.0) > 0.0)
+                s_pos, s_neg, npos, nneg = _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b,
+                                                        w, wm, T, D, sb, st, sd, radius, BO,
+                                                        BKW, CT)
+                act = wm & (npos > 0.0) & (nneg > 0.0)
                 wp = win_ptr + (b * T + w) * 4
                 span = (tl.load(wp + 2, mask=wm, other=0) - tl.load(wp + 1, mask=wm, other=0))
                 delta = tl.minimum(mmax, mbase + mscale * span.to(tl.float64) / nv)
@@ -609,7 +601,7 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
 
 @triton.jit
 def _pos_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, rows_ptr, nrows_ptr, bad_ptr, has_c_ptr,
-                    gclip_ptr, lse_ptr, l_ptr, grad_ptr, T, D, sb, st, sd,
+                    gclip_ptr, gcs, lse_ptr, l_ptr, grad_ptr, T, D, sb, st, sd,
                     inv_tau_hi, inv_tau_lo, SAME: tl.constexpr, BM: tl.constexpr,
                     BN: tl.constexpr, BK: tl.constexpr, BDO: tl.constexpr, CT: tl.constexpr,
                     IS_F64: tl.constexpr):
@@ -621,7 +613,7 @@ def _pos_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, rows_ptr, nrows_ptr, bad_ptr, has
     ng = tl.load(nrows_ptr + b)
     bad = tl.load(bad_ptr + b)
     hc = tl.load(has_c_ptr + b)
-    g = tl.load(gclip_ptr + b)
+    g = tl.load(gclip_ptr + b * gcs).to(tl.float64)
     l = tl.load(l_ptr + b)
     if (rb * BM < ng) & (bad == 0) & (hc != 0) & (g != 0.0) & (l > 0.0) & (ng >= 2):
         inv_tau = _f64(inv_tau_hi, inv_tau_lo)
@@ -658,13 +650,13 @@ def _pos_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, rows_ptr, nrows_ptr, bad_ptr, has
 
 @triton.jit
 def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr, bad_ptr,
-                       has_c_ptr, gclip_ptr, lse_ptr, l_ptr, has_b_ptr, gboun_ptr,
+                       has_c_ptr, gclip_ptr, gcs, lse_ptr, l_ptr, has_b_ptr, gboun_ptr, gbs,
                        win_ptr, nwin_ptr, term_ptr, nvalid_ptr,
                        T, D, sb, st, sd, KCAP, inv_tau_hi, inv_tau_lo, radius,
                        mmax_hi, mmax_lo, mbase_hi, mbase_lo, mscale_hi, mscale_lo,
                        WANT_CLIP: tl.constexpr, WANT_BOUN: tl.constexpr, KP: tl.constexpr,
                        BK: tl.constexpr, BO: tl.constexpr, BW: tl.constexpr,
-                       CT: tl.constexpr):
+                       BKW: tl.constexpr, BKP: tl.constexpr, CT: tl.constexpr):
     """Per sample: the coefficients d l / d s_n of the chosen negatives (applied by
     `_chain_kernel`), then the boundary terms, window after window in a fixed order."""
     b = tl.program_id(0).to(tl.int64)
@@ -675,11 +667,11 @@ def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr,
         pair = tl.load(pairs_ptr + b * KCAP + n, mask=nm, other=-1)
         sel = pair >= 0
         hc = tl.load(has_c_ptr + b)
-        g = tl.load(gclip_ptr + b)
+        g = tl.load(gclip_ptr + b * gcs).to(tl.float64)
         inv_tau = _f64(inv_tau_hi, inv_tau_lo)
         lse = tl.load(lse_ptr + b)
         l = tl.load(l_ptr + b)
-        acc = _pair_sims(emb_ptr, b, pair, sel, inv_ptr, T, D, sb, st, sd, KP, BK, CT)
+        acc = _pair_sims(emb_ptr, b, pair, sel, inv_ptr, T, D, sb, st, sd, KP, BKP, CT)
         # d l / d s_n = exp(s_n / tau - lse_P - l) / tau
         coef = g * inv_tau * tl.exp(acc * inv_tau - lse - l)
         ok = (bad == 0) & (hc != 0) & (g != 0.0)
@@ -688,21 +680,29 @@ def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr,
         tl.store(coef_ptr + b * KCAP + n, coef, mask=nm)
     if WANT_BOUN:
         hb = tl.load(has_b_ptr + b)
-        g = tl.load(gboun_ptr + b)
+        g = tl.load(gboun_ptr + b * gbs).to(tl.float64)
         if (bad == 0) & (hb != 0) & (g != 0.0):
             nw = tl.load(nwin_ptr + b)
             nv = tl.load(nvalid_ptr + b).to(tl.float64)
             mmax = _f64(mmax_hi, mmax_lo)
             mbase = _f64(mbase_hi, mbase_lo)
             mscale = _f64(mscale_hi, mscale_lo)
+            # the window sums of the forward, kept in term [B, T, 4] for the loop below
             cnt = _rsum(tl.full([BW], 0, tl.int32), None)
             for w0 in range(0, nw, BW):
                 w = w0 + tl.arange(0, BW)
                 wm = w < nw
+                s_pos, s_neg, npos, nneg = _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b,
+                                                        w, wm, T, D, sb, st, sd, radius, BO,
+                                                        BKW, CT)
                 tp = term_ptr + (b * T + w) * 4
-                act = wm & (tl.load(tp + 2, mask=wm, other=0.0) > 0.0) & (
-                    tl.load(tp + 3, mask=wm, other=0.0) > 0.0)
+                tl.store(tp, s_pos, mask=wm)
+                tl.store(tp + 1, s_neg, mask=wm)
+                tl.store(tp + 2, npos, mask=wm)
+                tl.store(tp + 3, nneg, mask=wm)
+                act = wm & (npos > 0.0) & (nneg > 0.0)
                 cnt += _rsum(act.to(tl.int32), None)
+            tl.debug_barrier()
             gw = g / tl.maximum(cnt, 1).to(tl.float64)
             o = tl.arange(0, BO)
             cvec = tl.full([1], 0, tl.int64)

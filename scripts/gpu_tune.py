@@ -34,12 +34,14 @@ from bench import harness  # noqa: E402
 
 CANDIDATES = {
     "triton": ("CLIPTBP_TRITON_GPU_BLOCKS", [
-        "BM=64,BN=64,BK=32,warps=4",  # the current default
-        "BM=32,BN=64,BK=32,warps=4",
-        "BM=64,BN=128,BK=32,warps=8",
-        "BM=128,BN=64,BK=32,warps=8",
-        "BM=64,BN=64,BK=64,warps=4",
-        "BM=64,BN=64,BK=32,warps=4,cols=2048",
+        # the current default first; sm_90 stack frames (D=256, float32) of the forward tile
+        # kernel / the backward positive-block kernel in the comments
+        "BM=32,BN=64,BK=32,warps=4,bwarps=8",  # 8 / 0 bytes
+        "BM=64,BN=64,BK=32,warps=4,bwarps=4",  # 368 / 920: the earlier default
+        "BM=64,BN=64,BK=32,warps=8,bwarps=8",  # 104 / 8
+        "BM=32,BN=32,BK=32,warps=4,bwarps=4",  # 80 / 72
+        "BM=32,BN=64,BK=32,warps=8,bwarps=8",  # 8 / 0
+        "BM=32,BN=64,BK=32,warps=4,bwarps=8,cols=2048",
     ]),
     "cuda": ("CLIPTBP_CUDA_COL_CHUNK", ["1024", "256", "512", "4096"]),  # default first
 }

@@ -26,13 +26,11 @@ def test_override_parses_and_rejects(monkeypatch):
 
 def test_override_applies_to_gpu_float32_sizes_only(monkeypatch):
     monkeypatch.setenv(_triton_backend.GPU_BLOCKS_ENV, "BM=128,BN=32,BK=64,warps=8,cols=256")
-    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the GPU sizes (a plain object, no launch)
-    b = _triton_backend._Blocks(4096, 256, False, 32)
+    b = _triton_backend._Blocks(4096, 256, False, 32, interp=False)  # GPU sizes, no launch
     assert (b.BM, b.BN, b.BK, b.warps, b.cols_per_split) == (128, 32, 64, 8, 256)
-    f64 = _triton_backend._Blocks(4096, 256, True, 32)
+    f64 = _triton_backend._Blocks(4096, 256, True, 32, interp=False)
     assert (f64.BM, f64.BN, f64.warps) == (16, 16, 4)  # float64 sizes are not overridden
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    interp = _triton_backend._Blocks(4096, 256, False, 32)
+    interp = _triton_backend._Blocks(4096, 256, False, 32, interp=True)
     assert interp.warps == 1 and interp.cols_per_split == 1 << 30  # interpreter sizes kept
 
 

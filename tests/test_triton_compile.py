@@ -6,6 +6,7 @@ what only the compiler sees."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,16 @@ def test_every_kernel_variant_compiles_for_sm90():
     proc = subprocess.run([sys.executable, str(SCRIPT), "--arch", "90"], env=env,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    last = proc.stdout.strip().splitlines()[-1]
+    lines = proc.stdout.strip().splitlines()
+    last = lines[-1]
     assert "kernel variants compiled for sm_90" in last, last
-    assert int(last.split()[1]) >= 7 * 4  # every kernel, every input dtype
+    assert int(last.split()[1]) >= 6 * 4  # every kernel, every input dtype
+    # register spills: no variant keeps more than 64 bytes of stack frame (the similarity
+    # tile kernels once spilled up to 920 bytes, the chosen-pair recomputation at k=300 up to
+    # 3.5 KB); checked where Triton's cuobjdump reported the resource usage
+    stacks = [(int(m.group(1)), line) for line in lines
+              for m in [re.search(r"STACK:(\d+)", line)] if m]
+    if stacks:
+        assert len(stacks) == int(last.split()[1])
+        worst = max(stacks)
+        assert worst[0] <= 64, worst[1]

@@ -3,7 +3,9 @@ without a GPU: the launchers run on CPU tensors with launches recorded instead o
 (`_triton_backend.record_launches`), and each distinct (kernel, signature, constexprs) is
 compiled to a cubin with `triton.compile` for the targets given (default: sm_80 and sm_90).
 This catches what the interpreter cannot: type errors in branches, non-constexpr globals,
-dot shapes below 16, unsupported conversions.
+dot shapes below 16, unsupported conversions. Each line also gives the variant's registers
+per thread and stack frame (local memory: spilled registers) from `cuobjdump
+--dump-resource-usage` (the one Triton ships), when that tool is there.
 
     python tests/triton_compile.py [--arch 80,90] [--quick]
 
@@ -15,7 +17,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
@@ -43,6 +48,22 @@ def arg_type(a):
     if isinstance(a, float):
         return "fp32"
     raise TypeError(f"unexpected kernel argument {a!r}")
+
+
+def resource_usage(cubin: bytes) -> str:
+    """"REG:n STACK:m" of a cubin (registers per thread, stack frame bytes), or "" when
+    Triton's cuobjdump is not there."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                        "cuobjdump")
+    if not os.path.exists(tool):
+        return ""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True,
+                             text=True, timeout=60).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return f"REG:{m.group(1)} STACK:{m.group(2)}" if m else ""
 
 
 def launches(dtypes, option_sets, shapes):
@@ -113,6 +134,7 @@ def main(argv=None) -> int:
                 return 1
             n += 1
             print(f"ok {kernel.fn.__name__:20s} sm_{cc} {time.time() - t:5.1f}s "
+                  f"{resource_usage(k.asm['cubin'])} warps={num_warps} "
                   + " ".join(f"{k}={v}" for k, v in meta.items()), flush=True)
     print(f"triton_compile: {n} kernel variants compiled for sm_{'/sm_'.join(map(str, archs))} "
           f"in {time.time() - t0:.0f} s")
