@@ -268,24 +268,27 @@ def _prep_kernel(lab_ptr, inv_ptr, rows_gt_ptr, rows_valid_ptr, scratch_ptr, win
         l0 = tl.load(lab_ptr + base + r0, mask=pm, other=0)
         desc += _rsum((pm & (l1 < l0)).to(tl.int32), None)
     if desc > 0:
+        # scratch[0] = the GT clips in clip order, scratch[1] = their labels (read contiguously
+        # by the ranking's inner loop)
         for p0 in range(0, ng, BT):
             p = p0 + tl.arange(0, BT)
             pm = p < ng
             r = tl.load(rows_gt_ptr + base + p, mask=pm, other=0)
             tl.store(scratch_ptr + 2 * base + p, r, mask=pm)
+            tl.store(scratch_ptr + 2 * base + T + p, tl.load(lab_ptr + base + r, mask=pm, other=0),
+                     mask=pm)
         tl.debug_barrier()
         # rank of GT clip p (clip order) = how many GT clips come before it in (label, clip)
         for p0 in range(0, ng, BR):
             p = p0 + tl.arange(0, BR)
             pm = p < ng
             rp = tl.load(scratch_ptr + 2 * base + p, mask=pm, other=0)
-            lp = tl.load(lab_ptr + base + rp, mask=pm, other=0)
+            lp = tl.load(scratch_ptr + 2 * base + T + p, mask=pm, other=0)
             rank = tl.full([BR], 0, tl.int32)
             for q0 in range(0, ng, BR):
                 q = q0 + tl.arange(0, BR)
                 qm = q < ng
-                rq = tl.load(scratch_ptr + 2 * base + q, mask=qm, other=0)
-                lq = tl.load(lab_ptr + base + rq, mask=qm, other=0)
+                lq = tl.load(scratch_ptr + 2 * base + T + q, mask=qm, other=0)
                 before = (lq[None, :] < lp[:, None]) | (
                     (lq[None, :] == lp[:, None]) & (q[None, :] < p[:, None]))
                 rank += _rsum((qm[None, :] & before).to(tl.int32), 1)

@@ -137,3 +137,72 @@ def assert_grads_close(got, ref, what, rtol=1e-4, atol=1e-6):
 
 def ref_pairs(emb, labels, **opts):
     return reference.hard_negative_pairs(emb.double(), labels, **opts)
+
+
+# The Triton backend's index lists (tests/test_triton_launch.py, tests/test_gpu.py)
+
+
+def expected_lists(labels: torch.Tensor, inv: torch.Tensor):
+    """Per sample, from SPEC.md: GT clips in (label, clip) order, valid clips in order, the
+    windows (label, js, je, centre) in label order, and whether a valid clip is non-finite."""
+    out = []
+    for lab, iv in zip(labels.tolist(), inv.tolist()):
+        gt = sorted((w, i) for i, w in enumerate(lab) if w >= 1)
+        valid = [i for i, w in enumerate(lab) if w >= 0]
+        wins = []
+        for w in sorted({w for w, _ in gt}):
+            clips = [i for x, i in gt if x == w]
+            wins.append((w, clips[0], clips[-1], clips[(len(clips) - 1) // 2]))
+        bad = any(iv[i] != iv[i] for i in valid)
+        out.append(([i for _, i in gt], valid, wins, int(bad)))
+    return out
+
+
+def check_prep(labels: torch.Tensor, inv: torch.Tensor):
+    """The Triton backend's index lists (`_prep_kernel`, on the tensors' device: interpreted
+    on the CPU, compiled on a GPU) against `expected_lists`."""
+    from cliptbp_kernels import _triton_backend as TB
+
+    prep = TB._Prep(labels, inv, labels.device.type == "cpu")
+    for b, (gt, valid, wins, bad) in enumerate(expected_lists(labels.cpu(), inv.cpu())):
+        ng, nv, nw = int(prep.ng[b]), int(prep.nvalid[b]), int(prep.nwin[b])
+        assert (ng, nv, nw, int(prep.bad[b])) == (len(gt), len(valid), len(wins), bad), b
+        assert prep.rows_gt[b, :ng].tolist() == gt, b
+        assert prep.rows_valid[b, :nv].tolist() == valid, b
+        assert [tuple(w) for w in prep.win[b, :nw].tolist()] == wins, b
+
+
+def random_labels(B, T, seed, sorted_ids):
+    """Windows of random lengths (some overlapping: later ones overwrite), padding runs, and
+    window ids either increasing in time (the usual numbering) or random."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.zeros(B, T, dtype=torch.int64)
+    for b in range(B):
+        n = int(torch.randint(0, max(2, T // 20), (1,), generator=g))
+        starts = torch.randint(0, T, (n,), generator=g).sort().values
+        ids = (torch.arange(1, n + 1) if sorted_ids
+               else torch.randint(1, 2**31 - 1, (n,), generator=g))
+        for w in range(n):
+            L = int(torch.randint(1, max(2, T // 10), (1,), generator=g))
+            labels[b, starts[w]:starts[w] + L] = ids[w]
+        if b % 2:
+            s = int(torch.randint(0, T, (1,), generator=g))
+            labels[b, s:s + max(1, T // 7)] = -1
+    return labels
+
+
+def block_edge_labels(T: int = 9000) -> torch.Tensor:
+    """[3, T] labels whose lists cross the prep kernel's block edges: windows across clip
+    4096 and 8192, window ids falling in time (4,500 GT clips with ids cycling 1..9), a
+    one-clip window inside another window's run."""
+    labels = torch.zeros(3, T, dtype=torch.int64)
+    labels[0, 4000:4200] = 7
+    labels[0, 8100:8192 + 300] = 2
+    labels[0, 10:600] = 5
+    ar = torch.arange(T)
+    labels[1] = torch.where(ar % 2 == 0, 1 + (ar // 100) % 9, 0)
+    labels[1, 4095:4097] = -1
+    labels[2, :] = 1
+    labels[2, 5000:] = 3
+    labels[2, 4096] = 2
+    return labels

@@ -170,3 +170,35 @@ def test_gpu_ceilings_script_measures_the_card(tmp_path):
     subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, timeout=300)
     c = json.loads(out.read_text())
     assert 0.1 < c["copy_tbps"] < 20 and 1 < c["fp32_tflops"] < 200, c
+
+
+@pytest.mark.skipif("triton" not in GPU_BACKENDS, reason="the Triton backend is not available")
+def test_triton_prep_lists_compiled_match_spec():
+    """The compiled `_prep_kernel` (global-memory passes separated by barriers, which the
+    interpreter cannot test) against SPEC.md's lists: block edges, falling window ids (the
+    ranking), random labels, every clip its own window."""
+    from cases import block_edge_labels, check_prep, random_labels
+
+    cases = [block_edge_labels(), block_edge_labels().flip(1),
+             random_labels(6, 700, seed=1, sorted_ids=True),
+             random_labels(6, 700, seed=2, sorted_ids=False),
+             torch.arange(1100, 0, -1).unsqueeze(0).repeat(2, 1)]
+    for labels in cases:
+        inv = torch.rand(labels.shape, dtype=torch.float64)
+        inv[0, 3] = float("nan")
+        check_prep(labels.cuda(), inv.cuda())
+
+
+@pytest.mark.skipif("triton" not in GPU_BACKENDS, reason="the Triton backend is not available")
+def test_triton_chosen_pairs_in_rank_order_at_large_k():
+    """The finalize kernel's rank order of the chosen pairs (k = 1024): similarities do not
+    increase along the list, -1 only at its end."""
+    emb, labels = make_batch(3, 300, 32, ["windows", "padding_middle", "sparse_ids"], seed=11)
+    pairs = ck.hard_negative_pairs(emb.cuda(), labels.cuda(), k=1024, backend="triton").cpu()
+    u = torch.nn.functional.normalize(emb.double(), dim=2)
+    for b in range(3):
+        p = pairs[b]
+        n = int((p[:, 0] >= 0).sum())
+        assert n > 0 and (p[n:] == -1).all()
+        s = (u[b, p[:n, 0]] * u[b, p[:n, 1]]).sum(1)
+        assert (s[1:] <= s[:-1] + 1e-6).all()
