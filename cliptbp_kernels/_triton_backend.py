@@ -119,7 +119,8 @@ _GPU_BLOCK_KEYS = {"BM": "BM", "BN": "BN", "BK": "BK", "warps": "warps",
 def gpu_block_override() -> dict:
     """GPU block sizes of the float32/16-bit kernels from CLIPTBP_TRITON_GPU_BLOCKS, e.g.
     "BM=32,BN=64,BK=32,warps=4,cols=512,bwarps=8" (any subset; the tuning stage of the GPU
-    check sweeps them; bwarps: the warps of the backward's positive-block kernel). Powers of two, at least 16 for the dot sizes; ValueError otherwise."""
+    check sweeps them; bwarps: the warps of the backward's positive-block kernel). Powers of
+    two, at least 16 for the dot sizes; ValueError otherwise."""
     return dict(_parse_blocks(os.environ.get(GPU_BLOCKS_ENV, "").strip()))
 
 
@@ -152,7 +153,7 @@ class _Blocks:
     positive-block backward with 8 warps none. Not yet timed on a GPU: the GPU check's
     `tune` stage sweeps the alternatives."""
 
-    def __init__(self, T: int, D: int, f64: bool, KP: int, interp: bool):
+    def __init__(self, T: int, D: int, f64: bool, KP: int, interp: bool, radius: int = 1):
         self.interp = interp
         if interp:
             self.BM, self.BN = min(64, max(16, _pow2(T))), min(256, max(16, _pow2(T)))
@@ -178,15 +179,11 @@ class _Blocks:
         self.BPK = max(1, 4096 // max(KP, 1))  # partial top-k lists merged per step
         self.BW = min(self.BW, _pow2(T))  # windows per step (a sample has at most T)
         self.BKV = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 64))  # vector loops
-        self.BO = 16  # window offsets 0..6r+2 (set per call)
-        self.BKW = 16  # embedding columns per step of the window gathers (set per call)
-
-    def windows(self, radius: int) -> None:
-        """Sizes of the window gathers, [BW, BO, BKW] values per step: bounded on the GPU
-        (registers)."""
+        # window gathers, [BW, BO, BKW] values per step (offsets 0..6r+2 of BW windows, BKW
+        # embedding columns): bounded on the GPU (registers)
         self.BO = _pow2(6 * radius + 3)
         step = max(1, min(self.BKV, 8192 // (self.BW * self.BO)))
-        self.BKW = self.BKV if self.interp else _pow2(step)
+        self.BKW = self.BKV if interp else _pow2(step)
 
     def pair_cols(self, KP: int, interp_cols: int) -> int:
         """Embedding columns per step when recomputing the KP chosen pairs' similarities: on
@@ -264,8 +261,7 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     CT = _ct(emb.dtype)
     has_k = bool(want_clip and kcap > 0)
     KP = max(2, _pow2(kcap)) if has_k else 2  # tl.topk needs k >= 2
-    blk = _Blocks(T, D, is64, KP, interpreting())
-    blk.windows(radius)
+    blk = _Blocks(T, D, is64, KP, interpreting(), radius)
     inv = _norms(emb, labels, blk)
     prep = _Prep(labels, inv, blk.interp)
     bad = prep.bad
@@ -319,8 +315,7 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     CT = _ct(emb.dtype)
     has_c, has_b, lse, lval, pairs, inv = saved
     kcap = pairs.shape[1]
-    blk = _Blocks(T, D, is64, max(2, _pow2(kcap)), interpreting())
-    blk.windows(radius)
+    blk = _Blocks(T, D, is64, max(2, _pow2(kcap)), interpreting(), radius)
     prep = _Prep(labels, inv, blk.interp)
     bad = prep.bad
     ith, itl = _split(1.0 / tau)
