@@ -64,13 +64,15 @@ def _num(row: Optional[dict], key: str) -> Optional[float]:
     return float(row[key])
 
 
+def _index(rows: Sequence[dict]) -> Tuple[Dict[Tuple[str, str], dict], List[str]]:
+    """The target mode's rows by (backend, shape), and the fused backends among them."""
+    by = {(r["backend"], r["shape"]): r for r in rows if r.get("mode") == MODE}
+    return by, sorted({b for b, _ in by if b not in harness.BASELINES})
+
+
 def evaluate(rows: Sequence[dict]) -> List[dict]:
     """One record per (fused backend, target): measured value, threshold, pass/fail/missing."""
-    by: Dict[Tuple[str, str], dict] = {}
-    for r in rows:
-        if r.get("mode") == MODE:
-            by[(r["backend"], r["shape"])] = r
-    fused = sorted({b for b, _ in by if b not in harness.BASELINES})
+    by, fused = _index(rows)
     out = []
 
     def add(backend, shape, what, value, need, unit, higher_is_better=True):
@@ -86,7 +88,8 @@ def evaluate(rows: Sequence[dict]) -> List[dict]:
         return x / y if x is not None and y and y > 0 else None
 
     for f in fused:
-        ref, comp, mine = by.get(("reference", "qvh")), by.get(("compile", "qvh")), by.get((f, "qvh"))
+        ref, comp = by.get(("reference", "qvh")), by.get(("compile", "qvh"))
+        mine = by.get((f, "qvh"))
         add(f, "qvh", "wall clock vs reference", ratio(ref, mine, "median_ms"), 5.0, "x")
         add(f, "qvh", "GPU time vs reference", ratio(ref, mine, "gpu_ms"), 15.0, "x")
         add(f, "qvh", "wall clock vs torch.compile", ratio(comp, mine, "median_ms"), 3.0, "x")
@@ -101,7 +104,8 @@ def evaluate(rows: Sequence[dict]) -> List[dict]:
 def report(rows: Sequence[dict], tflops: float, tbps: float) -> Tuple[str, dict]:
     """Markdown (targets, then the floor next to the measured GPU times) and a JSON record."""
     checks = evaluate(rows)
-    lines = ["| backend | shape | target | measured | needed | verdict |", "|---|---|---|---|---|---|"]
+    lines = ["| backend | shape | target | measured | needed | verdict |",
+             "|---|---|---|---|---|---|"]
     for c in checks:
         v = "-" if c["value"] is None else f"{c['value']:.3g} {c['unit']}"
         need = f"{'>=' if c['unit'] == 'x' else '<'} {c['need']:g} {c['unit']}"
@@ -112,8 +116,7 @@ def report(rows: Sequence[dict], tflops: float, tbps: float) -> Tuple[str, dict]
               "(CUDA-graph replay) of each fused backend:", "",
               "| shape | GFLOP | MB | FLOP floor ms | byte floor ms | measured GPU ms |",
               "|---|---|---|---|---|---|"]
-    by = {(r["backend"], r["shape"]): r for r in rows if r.get("mode") == MODE}
-    fused = sorted({b for b, _ in by if b not in harness.BASELINES})
+    by, fused = _index(rows)
     for fl in floors:
         got = ", ".join(f"{f} {_num(by.get((f, fl['shape'])), 'gpu_ms'):.3g}"
                         for f in fused if _num(by.get((f, fl["shape"])), "gpu_ms") is not None)
