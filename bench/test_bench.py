@@ -260,3 +260,19 @@ def test_targets_cases_and_cli(tmp_path, capsys):
     rows[-1]["median_ms"] = "11"
     harness.append_csv(path, [rows[-1]])
     assert targets.main(["--csv", str(path)]) == 1
+
+
+def test_host_time_of_both_paths():
+    pytest.importorskip("triton")
+    import subprocess
+
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    out = subprocess.run([sys.executable, "-m", "bench.host", "--shape", "4,20", "--repeats",
+                          "3"], env=env, capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0, out.stderr
+    rows = [line.split("|")[1:-1] for line in out.stdout.splitlines()
+            if line.startswith("| eager") or line.startswith("| custom op")]
+    assert [r[0].strip() for r in rows] == ["eager", "custom op"]
+    for r in rows:
+        assert float(r[1]) > 0 and r[4].strip() == "8"  # 4 launches each way

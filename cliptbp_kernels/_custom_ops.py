@@ -11,6 +11,12 @@ Every compiled backend provides the same pair of kernels:
 `register_fused_backend` wraps such a pair into the custom ops `cliptbp::<name>_fwd` and
 `cliptbp::<name>_bwd` with fake (meta) implementations, so that `torch.compile(fullgraph=True)`
 traces through them, and with autograd formulas. Double backward raises a clear error.
+
+In eager mode the same launchers are also reachable through a plain `torch.autograd.Function`
+(`FusedOps.call` picks it): a custom op call costs about 100 us of Python dispatch on the host
+each way, which at small shapes (B=32, T=75) is more than the GPU kernels themselves take. The
+two paths run the same launchers with the same arguments, so their results are bitwise equal;
+the custom ops serve `torch.compile`, fake tensors, dispatch modes and tensor subclasses.
 """
 
 from typing import Callable, NamedTuple, Tuple
@@ -85,8 +91,29 @@ def _as_uint8(flag: Tensor) -> Tensor:
 
 
 class FusedOps(NamedTuple):
+    """A fused backend's entry points. `forward` / `backward`: the custom ops; `eager`: the
+    same forward as an autograd Function (no custom-op dispatch); `call`: `eager` where it is
+    safe, else `forward` (see `eager_ok`). All take the custom op's forward arguments."""
+
     forward: Callable
     backward: Callable
+    eager: Callable
+
+    def call(self, emb: Tensor, labels: Tensor, *opts):
+        return (self.eager if eager_ok(emb, labels) else self.forward)(emb, labels, *opts)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def eager_ok(emb: Tensor, labels: Tensor) -> bool:
+    """True when the launchers can be called directly: plain tensors, nothing tracing or
+    compiling, no torch dispatch mode (fake tensors, make_fx, flop counters) and no functorch
+    transform active. Otherwise the custom ops, which those mechanisms understand, are used."""
+    return (type(emb) in _PLAIN and type(labels) in _PLAIN
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and torch._C._len_torch_dispatch_stack() == 0
+            and torch._C._functorch.peek_interpreter_stack() is None)
 
 
 _DOUBLE_BACKWARD_MSG = (
@@ -109,17 +136,29 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
     """
     qual = f"cliptbp::{name}"
 
+    def run_fwd(emb: Tensor, labels: Tensor, opts: tuple):
+        lc, hc, lb, hb, lse, neg, pairs, inv_norm = fwd_impl(emb, labels, opts)
+        out = compute_dtype(emb.dtype)
+        return lc.to(out), hc.bool(), lb.to(out), hb.bool(), lse, neg, pairs, inv_norm
+
+    def run_bwd(grad_clip, grad_boun, emb, labels, saved, opts):
+        if not upstream_as_is:
+            grad_clip = grad_clip.double().contiguous()
+            grad_boun = grad_boun.double().contiguous()
+        return bwd_impl(emb, labels, opts, grad_clip, grad_boun, *saved).to(emb.dtype)
+
+    def upstream(grad, emb):
+        """An absent upstream gradient (the loss was not used) as zeros."""
+        return emb.new_zeros((emb.shape[0],), dtype=torch.float64) if grad is None else grad
+
     @torch.library.custom_op(f"{qual}_fwd", mutates_args=(), device_types=device_types)
     def fwd(
         emb: Tensor, labels: Tensor, k: int, tau: float, positives: int, negatives: int,
         radius: int, margin_max: float, margin_base: float, margin_scale: float,
         want_clip: bool, want_boun: bool,
     ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        opts = (k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale,
-                want_clip, want_boun)
-        lc, hc, lb, hb, lse, neg, pairs, inv_norm = fwd_impl(emb, labels, opts)
-        out = compute_dtype(emb.dtype)
-        return lc.to(out), hc.bool(), lb.to(out), hb.bool(), lse, neg, pairs, inv_norm
+        return run_fwd(emb, labels, (k, tau, positives, negatives, radius, margin_max,
+                                     margin_base, margin_scale, want_clip, want_boun))
 
     @fwd.register_fake
     def _(emb, labels, k, tau, positives, negatives, radius, margin_max, margin_base,
@@ -143,12 +182,8 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
     ) -> Tensor:
         opts = (k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale,
                 want_clip, want_boun)
-        if not upstream_as_is:
-            grad_clip = grad_clip.double().contiguous()
-            grad_boun = grad_boun.double().contiguous()
-        grad = bwd_impl(emb, labels, opts, grad_clip, grad_boun, has_clip, has_boun, lse, neg_sum,
-                        pairs, inv_norm)
-        return grad.to(emb.dtype)
+        return run_bwd(grad_clip, grad_boun, emb, labels,
+                       (has_clip, has_boun, lse, neg_sum, pairs, inv_norm), opts)
 
     @bwd.register_fake
     def _(grad_clip, grad_boun, emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm,
@@ -166,13 +201,8 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
         emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 12
-        B = emb.shape[0]
-        if grad_clip is None:
-            grad_clip = emb.new_zeros((B,), dtype=torch.float64)
-        if grad_boun is None:
-            grad_boun = emb.new_zeros((B,), dtype=torch.float64)
-        grad = bwd(grad_clip, grad_boun, emb, labels, has_clip, has_boun, lse, neg_sum, pairs,
-                   inv_norm, *ctx.opts)
+        grad = bwd(upstream(grad_clip, emb), upstream(grad_boun, emb), emb, labels, has_clip,
+                   has_boun, lse, neg_sum, pairs, inv_norm, *ctx.opts)
         return (grad,) + (None,) * 11
 
     fwd.register_autograd(backward, setup_context=setup_context)
@@ -184,4 +214,43 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
         pass
 
     bwd.register_autograd(no_double_backward, setup_context=bwd_setup)
-    return FusedOps(fwd, bwd)
+
+    class Eager(torch.autograd.Function):
+        """The forward custom op's computation and autograd formula without its dispatch."""
+
+        @staticmethod
+        def forward(ctx, emb, labels, *opts):
+            out = run_fwd(emb, labels, opts)
+            ctx.save_for_backward(emb, labels, *out[1:2], *out[3:])
+            ctx.opts = opts
+            ctx.mark_non_differentiable(*out[1:2], *out[3:])
+            ctx.set_materialize_grads(False)
+            return out
+
+        @staticmethod
+        def backward(ctx, grad_clip, _grad_has_clip, grad_boun, *unused):
+            if not ctx.needs_input_grad[0]:
+                return (None,) * (2 + len(ctx.opts))
+            emb, labels, *saved = ctx.saved_tensors
+            with torch.no_grad():
+                grad = run_bwd(upstream(grad_clip, emb), upstream(grad_boun, emb), emb, labels,
+                               saved, ctx.opts)
+            if torch.is_grad_enabled():  # create_graph=True: a second backward must fail
+                grad = _FirstOrderGrad.apply(grad, emb)
+            return (grad,) + (None,) * (1 + len(ctx.opts))
+
+    Eager.__name__ = Eager.__qualname__ = f"{name.capitalize()}FusedLosses"
+    return FusedOps(fwd, bwd, Eager.apply)
+
+
+class _FirstOrderGrad(torch.autograd.Function):
+    """Identity on a gradient computed for `emb`, attached to the graph through `emb`:
+    differentiating it raises the double-backward error."""
+
+    @staticmethod
+    def forward(ctx, grad, emb):
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise RuntimeError(_DOUBLE_BACKWARD_MSG)

@@ -26,7 +26,7 @@ def _reduce(loss: Tensor, has: Tensor, reduction: str) -> Tensor:
     total = loss.sum()
     if reduction == "sum":
         return total
-    return total / has.sum().clamp_min(1).to(loss.dtype)
+    return total / has.sum().clamp_min(1)  # int64 count: promoted to the loss dtype
 
 
 class _FirstOrderOnly(torch.autograd.Function):
@@ -61,7 +61,7 @@ def _per_sample(emb, labels, backend, *, k, tau, positives, negatives, radius, m
                 margin_base=margin_base, margin_scale=margin_scale, want_clip=want_clip,
                 want_boun=want_boun)
     ops = _backends.fused_ops(name)
-    lc, hc, lb, hb, *_ = ops.forward(
+    lc, hc, lb, hb, *_ = ops.call(
         emb, labels, k, float(tau), POSITIVE_CODES[positives], NEGATIVE_CODES[negatives],
         radius, float(margin_max), float(margin_base), float(margin_scale), want_clip, want_boun)
     return lc, hc, lb, hb
@@ -174,7 +174,7 @@ def hard_negative_pairs(emb: Tensor, labels: Tensor, *, k: int = 20, positives: 
             return reference.hard_negative_pairs(emb, labels.to(torch.int64), k=k,
                                                  positives=positives, negatives=negatives)
         ops = _backends.fused_ops(name)
-        pairs = ops.forward(emb, labels, k, 1.0, POSITIVE_CODES[positives],
+        pairs = ops.call(emb, labels, k, 1.0, POSITIVE_CODES[positives],
                             NEGATIVE_CODES[negatives], 1, 0.3, 0.1, 0.1, True, False)[6]
     B, T = labels.shape
     out = torch.full((B, k, 2), -1, dtype=torch.int64, device=emb.device)

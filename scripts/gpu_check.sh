@@ -24,7 +24,8 @@
 #              tests (tests/test_gpu.py -k cuda, each run capped at 200 s)
 #   targets    the cases of the speed and memory targets only (bench.harness --targets) and
 #              their verdicts with the floor estimate (bench.targets, with the copy bandwidth
-#              and float32 rate measured on the card first): targets.md, targets.json
+#              and float32 rate measured on the card first), then the host time of a Triton
+#              step through both call paths (bench.host): targets.md, targets.json
 #   bench      bench.harness --device cuda (+ plot), results in cuda.csv and cuda.png
 #   tune       (not in "all") sweep of the GPU backends' block sizes at the benchmark shapes
 #              (scripts/gpu_tune.py; starts no case after its budget): tune.csv, tune.json
@@ -155,7 +156,8 @@ stage_targets() {
   "$PY" -m bench.harness --device cuda --targets --csv "$WORK/cuda.csv" --case-timeout 150 &&
   "$PY" -m bench.targets --csv "$WORK/cuda.csv" --json "$WORK/targets.json" \
     $("$PY" -c "import json; c = json.load(open('$WORK/ceilings.json')); print(f\"--tflops {c['fp32_tflops']:.1f} --tbps {c['copy_tbps']:.2f}\")") \
-    | tee "$WORK/targets.md"
+    | tee "$WORK/targets.md" &&
+  { echo; "$PY" -m bench.host --device cuda --repeats 200; } | tee -a "$WORK/targets.md"
 }
 
 stage_bench() {

@@ -8,6 +8,7 @@ import torch
 
 import cliptbp_kernels as ck
 from cliptbp_kernels import _backends, _cpu_backend
+from cliptbp_kernels._custom_ops import FusedOps
 from cases import PATTERNS, make_batch, per_sample_value_and_grad
 
 FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
@@ -147,3 +148,75 @@ def test_auto_backend_prefers_fused_on_cpu():
     b = per_sample_value_and_grad(FUSED[0], emb, labels)
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+def _run_path(fn, emb, labels, opts, grads):
+    """Outputs of `fn` (a forward entry point) and d emb for upstream gradients `grads`
+    ((clip, boun); None leaves that loss out of the graph)."""
+    e = emb.clone().requires_grad_(True)
+    out = fn(e, labels, *opts)
+    used = [(o, g) for o, g in ((out[0], grads[0]), (out[2], grads[1])) if g is not None]
+    torch.autograd.backward([o for o, _ in used], [g for _, g in used])
+    return [t.detach() for t in out], e.grad
+
+
+@pytest.mark.parametrize("backend", FUSED)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_eager_path_equals_custom_op_bitwise(backend, dtype):
+    # the autograd Function of eager mode and the custom ops run the same launchers: equal
+    # outputs and gradients, bit for bit, also when one loss is left out of the graph
+    ops = _backends.fused_ops(backend)
+    emb, labels = make_batch(4, 19, 6, list(PATTERNS), seed=7, dtype=dtype)
+    loss_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    g = torch.rand(4, dtype=loss_dtype, generator=torch.Generator().manual_seed(1))
+    for opts in OPTS:
+        for grads in ((g, g.flip(0)), (None, g), (g, None)):
+            got_out, got_grad = _run_path(ops.eager, emb, labels, opts, grads)
+            want_out, want_grad = _run_path(ops.forward, emb, labels, opts, grads)
+            for a, b in zip(got_out, want_out):
+                assert a.dtype == b.dtype and torch.equal(a, b)
+            assert got_grad.dtype == want_grad.dtype and torch.equal(got_grad, want_grad)
+
+
+class _PassThrough(torch.utils._python_dispatch.TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_eager_path_only_where_safe(backend, monkeypatch):
+    # eager calls skip the custom-op dispatch; a dispatch mode, fake tensors and
+    # torch.compile get the custom ops
+    ops = _backends.fused_ops(backend)
+    used = []
+
+    def spy(name, fn):
+        def wrapped(*args):
+            used.append(name)
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(_backends, "fused_ops", lambda name: FusedOps(
+        spy("custom", ops.forward), ops.backward, spy("eager", ops.eager)))
+    emb, labels = make_batch(2, 12, 4, ["windows"], seed=8)
+
+    def losses(e, lab):
+        return ck.clip_boundary_losses(e, lab, backend=backend, check_labels=False)
+
+    want = losses(emb, labels)
+    assert used == ["eager"]
+    ck.hard_negative_pairs(emb, labels, k=3, backend=backend)
+    assert used == ["eager"] * 2
+    used.clear()
+    with _PassThrough():
+        got = losses(emb, labels)
+    assert used == ["custom"] and all(torch.equal(a, b) for a, b in zip(got, want))
+    used.clear()
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode() as mode:
+        fake = losses(mode.from_tensor(emb), mode.from_tensor(labels))
+    assert used == ["custom"] and [tuple(t.shape) for t in fake] == [(), ()]
+    used.clear()
+    torch._dynamo.reset()
+    got = torch.compile(losses, fullgraph=True)(emb, labels)
+    assert "eager" not in used and all(torch.equal(a, b) for a, b in zip(got, want))
