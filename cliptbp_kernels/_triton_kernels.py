@@ -224,18 +224,19 @@ def _norm_kernel(emb_ptr, lab_ptr, inv_ptr, T, D, sb, st, sd,
 
 
 @triton.jit
-def _prep_kernel(lab_ptr, inv_ptr, rows_gt_ptr, rows_valid_ptr, scratch_ptr, win_ptr,
+def _prep_kernel(lab_ptr, inv_ptr, rows_gt_ptr, rows_valid_ptr, win_ptr,
                  ng_ptr, nvalid_ptr, nwin_ptr, bad_ptr, T,
-                 BT: tl.constexpr, BR: tl.constexpr):
+                 BT: tl.constexpr, BR: tl.constexpr, VALID_ROWS: tl.constexpr):
     """Per sample (one program): the index lists the other kernels read, in place of a chain
     of small torch ops (one launch instead of some thirty on the host).
 
-    rows_gt [B, T]: the GT clips ordered by (label, clip), count ng; rows_valid [B, T]: the
-    valid clips in order, count nvalid; win [B, T, 4]: (label, js, je, centre) of each window,
-    in label order, count nwin; bad: 1 when a valid clip holds NaN or Inf (its inverse norm
-    is NaN), else 0. scratch [B, 2, T] is working memory. Labels that do not decrease along
-    the GT clips (windows numbered in time order: the usual case) take O(T) steps; other
-    samples add a ranking of O(ng^2) integer compares."""
+    rows_gt [B, T]: the GT clips ordered by (label, clip), count ng; rows_valid [B, T] (written
+    only with VALID_ROWS): the valid clips in order, count nvalid; win [B, T, 3]: (js, je,
+    centre) of each window, in label order (the window's label is that of clip js), count
+    nwin; bad: 1 when a valid clip holds NaN or Inf (its inverse norm is NaN), else 0. Before
+    the windows are written, win also serves as working memory (2 T values per sample). Labels
+    that do not decrease along the GT clips (windows numbered in time order: the usual case)
+    take O(T) steps; other samples add a ranking of O(ng^2) integer compares."""
     b = tl.program_id(0).to(tl.int64)
     base = b * T
     izero = _rsum(tl.full([1], 0, tl.int32), None)
@@ -252,8 +253,9 @@ def _prep_kernel(lab_ptr, inv_ptr, rows_gt_ptr, rows_valid_ptr, scratch_ptr, win
         inv = tl.load(inv_ptr + base + i, mask=valid != 0, other=0.0)
         nbad += _rsum(((valid != 0) & (inv != inv)).to(tl.int32), None)
         tl.store(rows_gt_ptr + base + ng + tl.cumsum(gt, 0) - 1, i.to(tl.int64), mask=gt != 0)
-        tl.store(rows_valid_ptr + base + nv + tl.cumsum(valid, 0) - 1, i.to(tl.int64),
-                 mask=valid != 0)
+        if VALID_ROWS:
+            tl.store(rows_valid_ptr + base + nv + tl.cumsum(valid, 0) - 1, i.to(tl.int64),
+                     mask=valid != 0)
         ng += _rsum(gt, None)
         nv += _rsum(valid, None)
     tl.debug_barrier()
@@ -268,27 +270,28 @@ def _prep_kernel(lab_ptr, inv_ptr, rows_gt_ptr, rows_valid_ptr, scratch_ptr, win
         l0 = tl.load(lab_ptr + base + r0, mask=pm, other=0)
         desc += _rsum((pm & (l1 < l0)).to(tl.int32), None)
     if desc > 0:
-        # scratch[0] = the GT clips in clip order, scratch[1] = their labels (read contiguously
-        # by the ranking's inner loop)
+        # working memory in win: the GT clips in clip order, then their labels (read
+        # contiguously by the ranking's inner loop)
+        scratch_ptr = win_ptr + 3 * base
         for p0 in range(0, ng, BT):
             p = p0 + tl.arange(0, BT)
             pm = p < ng
             r = tl.load(rows_gt_ptr + base + p, mask=pm, other=0)
-            tl.store(scratch_ptr + 2 * base + p, r, mask=pm)
-            tl.store(scratch_ptr + 2 * base + T + p, tl.load(lab_ptr + base + r, mask=pm, other=0),
+            tl.store(scratch_ptr + p, r, mask=pm)
+            tl.store(scratch_ptr + T + p, tl.load(lab_ptr + base + r, mask=pm, other=0),
                      mask=pm)
         tl.debug_barrier()
         # rank of GT clip p (clip order) = how many GT clips come before it in (label, clip)
         for p0 in range(0, ng, BR):
             p = p0 + tl.arange(0, BR)
             pm = p < ng
-            rp = tl.load(scratch_ptr + 2 * base + p, mask=pm, other=0)
-            lp = tl.load(scratch_ptr + 2 * base + T + p, mask=pm, other=0)
+            rp = tl.load(scratch_ptr + p, mask=pm, other=0)
+            lp = tl.load(scratch_ptr + T + p, mask=pm, other=0)
             rank = tl.full([BR], 0, tl.int32)
             for q0 in range(0, ng, BR):
                 q = q0 + tl.arange(0, BR)
                 qm = q < ng
-                lq = tl.load(scratch_ptr + 2 * base + T + q, mask=qm, other=0)
+                lq = tl.load(scratch_ptr + T + q, mask=qm, other=0)
                 before = (lq[None, :] < lp[:, None]) | (
                     (lq[None, :] == lp[:, None]) & (q[None, :] < p[:, None]))
                 rank += _rsum((qm[None, :] & before).to(tl.int32), 1)
@@ -310,22 +313,26 @@ def _prep_kernel(lab_ptr, inv_ptr, rows_gt_ptr, rows_valid_ptr, scratch_ptr, win
         new = pm & (lab != lprev)
         last = pm & (lab != lnext)
         wid = nw + tl.cumsum(new.to(tl.int32), 0) - 1
-        tl.store(win_ptr + (base + wid) * 4, lab, mask=new)
-        tl.store(scratch_ptr + 2 * base + wid, p.to(tl.int64), mask=new)
-        tl.store(scratch_ptr + 2 * base + T + wid, p.to(tl.int64), mask=last)
+        # the run's first and last positions in rows_gt, for the pass below
+        tl.store(win_ptr + (base + wid) * 3 + 1, p.to(tl.int64), mask=new)
+        tl.store(win_ptr + (base + wid) * 3 + 2, p.to(tl.int64), mask=last)
         nw += _rsum(new.to(tl.int32), None)
     tl.debug_barrier()
-    # js, je and the centre (the run's middle element, SPEC.md section 2) of each window
+    # js, je and the centre (the run's middle element, SPEC.md section 2) of each window, in
+    # place of the positions (all of a block read before any is overwritten)
     for w0 in range(0, nw, BT):
         w = w0 + tl.arange(0, BT)
         wm = w < nw
-        s = tl.load(scratch_ptr + 2 * base + w, mask=wm, other=0)
-        e = tl.load(scratch_ptr + 2 * base + T + w, mask=wm, other=0)
-        wp = win_ptr + (base + w) * 4
-        tl.store(wp + 1, tl.load(rows_gt_ptr + base + s, mask=wm, other=0), mask=wm)
-        tl.store(wp + 2, tl.load(rows_gt_ptr + base + e, mask=wm, other=0), mask=wm)
-        tl.store(wp + 3, tl.load(rows_gt_ptr + base + s + (e - s) // 2, mask=wm, other=0),
-                 mask=wm)
+        wp = win_ptr + (base + w) * 3
+        s = tl.load(wp + 1, mask=wm, other=0)
+        e = tl.load(wp + 2, mask=wm, other=0)
+        js = tl.load(rows_gt_ptr + base + s, mask=wm, other=0)
+        je = tl.load(rows_gt_ptr + base + e, mask=wm, other=0)
+        c = tl.load(rows_gt_ptr + base + s + (e - s) // 2, mask=wm, other=0)
+        tl.debug_barrier()
+        tl.store(wp, js, mask=wm)
+        tl.store(wp + 1, je, mask=wm)
+        tl.store(wp + 2, c, mask=wm)
     tl.store(ng_ptr + b, ng.to(tl.int64))
     tl.store(nvalid_ptr + b, nv.to(tl.int64))
     tl.store(nwin_ptr + b, nw.to(tl.int64))
@@ -437,11 +444,11 @@ def _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b, w, wm, T, D, sb, st, sd,
     """(mean of s_ci over I_pos, mean over I_neg, |I_pos|, |I_neg|) of the windows w of sample
     b where wm, float64 vectors; the forward's loss and the backward use this same
     computation."""
-    wp = win_ptr + (b * T + w) * 4
-    wl = tl.load(wp, mask=wm, other=0)
-    js = tl.load(wp + 1, mask=wm, other=0)
-    je = tl.load(wp + 2, mask=wm, other=0)
-    c = tl.load(wp + 3, mask=wm, other=0)
+    wp = win_ptr + (b * T + w) * 3
+    js = tl.load(wp, mask=wm, other=0)
+    je = tl.load(wp + 1, mask=wm, other=0)
+    c = tl.load(wp + 2, mask=wm, other=0)
+    wl = tl.load(lab_ptr + b * T + js, mask=wm, other=0)
     o = tl.arange(0, BO)
     p, pos, neg = _members(js[:, None], je[:, None], c[:, None], wl[:, None], radius,
                            o[None, :], lab_ptr, b, T)
@@ -584,8 +591,8 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
                                                         w, wm, T, D, sb, st, sd, radius, BO,
                                                         BKW, CT)
                 act = wm & (npos > 0.0) & (nneg > 0.0)
-                wp = win_ptr + (b * T + w) * 4
-                span = (tl.load(wp + 2, mask=wm, other=0) - tl.load(wp + 1, mask=wm, other=0))
+                wp = win_ptr + (b * T + w) * 3
+                span = (tl.load(wp + 1, mask=wm, other=0) - tl.load(wp, mask=wm, other=0))
                 delta = tl.minimum(mmax, mbase + mscale * span.to(tl.float64) / nv)
                 hinge = tl.maximum(s_neg - s_pos + delta, 0.0)
                 tot += _rsum(tl.where(act, hinge, 0.0), None)
@@ -654,7 +661,7 @@ def _pos_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, rows_ptr, nrows_ptr, bad_ptr, has
 @triton.jit
 def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr, bad_ptr,
                        has_c_ptr, gclip_ptr, gcs, lse_ptr, l_ptr, has_b_ptr, gboun_ptr, gbs,
-                       win_ptr, nwin_ptr, term_ptr, nvalid_ptr,
+                       win_ptr, nwin_ptr, nvalid_ptr,
                        T, D, sb, st, sd, KCAP, inv_tau_hi, inv_tau_lo, radius,
                        mmax_hi, mmax_lo, mbase_hi, mbase_lo, mscale_hi, mscale_lo,
                        WANT_CLIP: tl.constexpr, WANT_BOUN: tl.constexpr, KP: tl.constexpr,
@@ -690,7 +697,7 @@ def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr,
             mmax = _f64(mmax_hi, mmax_lo)
             mbase = _f64(mbase_hi, mbase_lo)
             mscale = _f64(mscale_hi, mscale_lo)
-            # the window sums of the forward, kept in term [B, T, 4] for the loop below
+            # how many windows count (the mean's denominator)
             cnt = _rsum(tl.full([BW], 0, tl.int32), None)
             for w0 in range(0, nw, BW):
                 w = w0 + tl.arange(0, BW)
@@ -698,50 +705,54 @@ def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr,
                 s_pos, s_neg, npos, nneg = _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b,
                                                         w, wm, T, D, sb, st, sd, radius, BO,
                                                         BKW, CT)
-                tp = term_ptr + (b * T + w) * 4
-                tl.store(tp, s_pos, mask=wm)
-                tl.store(tp + 1, s_neg, mask=wm)
-                tl.store(tp + 2, npos, mask=wm)
-                tl.store(tp + 3, nneg, mask=wm)
                 act = wm & (npos > 0.0) & (nneg > 0.0)
                 cnt += _rsum(act.to(tl.int32), None)
-            tl.debug_barrier()
             gw = g / tl.maximum(cnt, 1).to(tl.float64)
             o = tl.arange(0, BO)
+            lane = tl.arange(0, BW)
             cvec = tl.full([1], 0, tl.int64)
             one = tl.full([1], 1, tl.int1)
-            for w in range(0, nw):
-                tp = term_ptr + (b * T + w) * 4
-                s_pos = tl.load(tp)
-                s_neg = tl.load(tp + 1)
-                npos = tl.load(tp + 2)
-                nneg = tl.load(tp + 3)
-                wp = win_ptr + (b * T + w) * 4
-                wl = tl.load(wp)
-                js = tl.load(wp + 1)
-                je = tl.load(wp + 2)
-                c = tl.load(wp + 3)
-                delta = tl.minimum(mmax, mbase + mscale * (je - js).to(tl.float64) / nv)
-                # the hinge's gradient is 0 at its kink and below
-                if (npos > 0.0) & (nneg > 0.0) & (s_neg - s_pos + delta > 0.0):
-                    p, pos, neg = _members(js, je, c, wl, radius, o, lab_ptr, b, T)
-                    mem = pos | neg
-                    cf = tl.where(pos, -gw / npos, tl.where(neg, gw / nneg, 0.0)).to(CT)
-                    for d0 in range(0, D, BK):
-                        d = d0 + tl.arange(0, BK)
-                        dm = d[None, :] < D
-                        uc = _load_u(emb_ptr, b, cvec + c, one, inv_ptr, T, d0, D, sb, st, sd,
-                                     BK, CT)
-                        up = _load_u(emb_ptr, b, p, mem, inv_ptr, T, d0, D, sb, st, sd, BK, CT)
-                        pp = grad_ptr + (b * T + p[:, None]) * D + d[None, :]
-                        mp = mem[:, None] & dm
-                        gp = tl.load(pp, mask=mp, other=0.0)
-                        tl.store(pp, gp + cf[:, None] * uc, mask=mp)
-                        pc = grad_ptr + (b * T + c) * D + d[None, :]
-                        gc = tl.load(pc, mask=dm, other=0.0)
-                        tl.store(pc, gc + _rsum(cf[:, None] * up, 0)[None, :], mask=dm)
-                    # the next window may share I_neg clips with this one
-                    tl.debug_barrier()
+            for w0 in range(0, nw, BW):
+                # the same window sums again (bitwise: same blocks, same code), then the
+                # windows one after another
+                wv = w0 + lane
+                wvm = wv < nw
+                sp_v, sn_v, np_v, nn_v = _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b, wv,
+                                                      wvm, T, D, sb, st, sd, radius, BO, BKW,
+                                                      CT)
+                for i in range(0, BW):
+                    s_pos = _rsum(tl.where(lane == i, sp_v, 0.0), None)
+                    s_neg = _rsum(tl.where(lane == i, sn_v, 0.0), None)
+                    npos = _rsum(tl.where(lane == i, np_v, 0.0), None)
+                    nneg = _rsum(tl.where(lane == i, nn_v, 0.0), None)
+                    wp = win_ptr + (b * T + w0 + i) * 3
+                    inw = (w0 + i) < nw
+                    js = tl.load(wp, mask=inw, other=0)
+                    je = tl.load(wp + 1, mask=inw, other=0)
+                    c = tl.load(wp + 2, mask=inw, other=0)
+                    wl = tl.load(lab_ptr + b * T + js, mask=inw, other=0)
+                    delta = tl.minimum(mmax, mbase + mscale * (je - js).to(tl.float64) / nv)
+                    # the hinge's gradient is 0 at its kink and below
+                    if inw & (npos > 0.0) & (nneg > 0.0) & (s_neg - s_pos + delta > 0.0):
+                        p, pos, neg = _members(js, je, c, wl, radius, o, lab_ptr, b, T)
+                        mem = pos | neg
+                        cf = tl.where(pos, -gw / npos, tl.where(neg, gw / nneg, 0.0)).to(CT)
+                        for d0 in range(0, D, BK):
+                            d = d0 + tl.arange(0, BK)
+                            dm = d[None, :] < D
+                            uc = _load_u(emb_ptr, b, cvec + c, one, inv_ptr, T, d0, D, sb, st,
+                                         sd, BK, CT)
+                            up = _load_u(emb_ptr, b, p, mem, inv_ptr, T, d0, D, sb, st, sd, BK,
+                                         CT)
+                            pp = grad_ptr + (b * T + p[:, None]) * D + d[None, :]
+                            mp = mem[:, None] & dm
+                            gp = tl.load(pp, mask=mp, other=0.0)
+                            tl.store(pp, gp + cf[:, None] * uc, mask=mp)
+                            pc = grad_ptr + (b * T + c) * D + d[None, :]
+                            gc = tl.load(pc, mask=dm, other=0.0)
+                            tl.store(pc, gc + _rsum(cf[:, None] * up, 0)[None, :], mask=dm)
+                        # the next window may share I_neg clips with this one
+                        tl.debug_barrier()
 
 
 @_device

@@ -144,7 +144,7 @@ def ref_pairs(emb, labels, **opts):
 
 def expected_lists(labels: torch.Tensor, inv: torch.Tensor):
     """Per sample, from SPEC.md: GT clips in (label, clip) order, valid clips in order, the
-    windows (label, js, je, centre) in label order, and whether a valid clip is non-finite."""
+    windows (js, je, centre) in label order, and whether a valid clip is non-finite."""
     out = []
     for lab, iv in zip(labels.tolist(), inv.tolist()):
         gt = sorted((w, i) for i, w in enumerate(lab) if w >= 1)
@@ -152,7 +152,7 @@ def expected_lists(labels: torch.Tensor, inv: torch.Tensor):
         wins = []
         for w in sorted({w for w, _ in gt}):
             clips = [i for x, i in gt if x == w]
-            wins.append((w, clips[0], clips[-1], clips[(len(clips) - 1) // 2]))
+            wins.append((clips[0], clips[-1], clips[(len(clips) - 1) // 2]))
         bad = any(iv[i] != iv[i] for i in valid)
         out.append(([i for _, i in gt], valid, wins, int(bad)))
     return out
@@ -160,16 +160,21 @@ def expected_lists(labels: torch.Tensor, inv: torch.Tensor):
 
 def check_prep(labels: torch.Tensor, inv: torch.Tensor):
     """The Triton backend's index lists (`_prep_kernel`, on the tensors' device: interpreted
-    on the CPU, compiled on a GPU) against `expected_lists`."""
+    on the CPU, compiled on a GPU) against `expected_lists`, with and without the list of valid
+    clips (the backward's variant)."""
     from cliptbp_kernels import _triton_backend as TB
 
-    prep = TB._Prep(labels, inv, labels.device.type == "cpu")
-    for b, (gt, valid, wins, bad) in enumerate(expected_lists(labels.cpu(), inv.cpu())):
-        ng, nv, nw = int(prep.ng[b]), int(prep.nvalid[b]), int(prep.nwin[b])
-        assert (ng, nv, nw, int(prep.bad[b])) == (len(gt), len(valid), len(wins), bad), b
-        assert prep.rows_gt[b, :ng].tolist() == gt, b
-        assert prep.rows_valid[b, :nv].tolist() == valid, b
-        assert [tuple(w) for w in prep.win[b, :nw].tolist()] == wins, b
+    expected = expected_lists(labels.cpu(), inv.cpu())
+    for valid_rows in (True, False):
+        prep = TB._Prep(labels, inv, labels.device.type == "cpu", valid_rows=valid_rows)
+        assert (prep.rows_valid is not None) == valid_rows
+        for b, (gt, valid, wins, bad) in enumerate(expected):
+            ng, nv, nw = int(prep.ng[b]), int(prep.nvalid[b]), int(prep.nwin[b])
+            assert (ng, nv, nw, int(prep.bad[b])) == (len(gt), len(valid), len(wins), bad), b
+            assert prep.rows_gt[b, :ng].tolist() == gt, b
+            if valid_rows:
+                assert prep.rows_valid[b, :nv].tolist() == valid, b
+            assert [tuple(w) for w in prep.win[b, :nw].tolist()] == wins, b
 
 
 def random_labels(B, T, seed, sorted_ids):
