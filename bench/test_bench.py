@@ -276,3 +276,17 @@ def test_host_time_of_both_paths():
     assert [r[0].strip() for r in rows] == ["eager", "custom op"]
     for r in rows:
         assert float(r[1]) > 0 and r[4].strip() == "8"  # 4 launches each way
+
+
+def test_live_memory_counts_the_step(capsys):
+    from bench import live_memory
+
+    ref = live_memory.peak_live_bytes("reference", "tiny")
+    cpu = live_memory.peak_live_bytes("cpu", "tiny")
+    assert cpu["grad"] == ref["grad"] == 2 * 20 * 16 * 4
+    # the cpu backend's step: the gradient and a little bookkeeping; the reference's T x T
+    # matrices are more, even at T = 20
+    assert cpu["grad"] <= cpu["peak"] < ref["peak"]
+    assert live_memory.main(["--shape", "tiny", "--backends", "reference,cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "| reference |" in out and "| cpu |" in out
