@@ -215,31 +215,30 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
 
     bwd.register_autograd(no_double_backward, setup_context=bwd_setup)
 
-    class Eager(torch.autograd.Function):
-        """The forward custom op's computation and autograd formula without its dispatch."""
+    def eager_forward(ctx, emb, labels, *opts):
+        out = run_fwd(emb, labels, opts)
+        ctx.save_for_backward(emb, labels, *out[1:2], *out[3:])
+        ctx.opts = opts
+        ctx.mark_non_differentiable(*out[1:2], *out[3:])
+        ctx.set_materialize_grads(False)
+        return out
 
-        @staticmethod
-        def forward(ctx, emb, labels, *opts):
-            out = run_fwd(emb, labels, opts)
-            ctx.save_for_backward(emb, labels, *out[1:2], *out[3:])
-            ctx.opts = opts
-            ctx.mark_non_differentiable(*out[1:2], *out[3:])
-            ctx.set_materialize_grads(False)
-            return out
+    def eager_backward(ctx, grad_clip, _grad_has_clip, grad_boun, *unused):
+        if not ctx.needs_input_grad[0]:
+            return (None,) * (2 + len(ctx.opts))
+        emb, labels, *saved = ctx.saved_tensors
+        with torch.no_grad():
+            grad = run_bwd(upstream(grad_clip, emb), upstream(grad_boun, emb), emb, labels,
+                           saved, ctx.opts)
+        if torch.is_grad_enabled():  # create_graph=True: a second backward must fail
+            grad = _FirstOrderGrad.apply(grad, emb)
+        return (grad,) + (None,) * (1 + len(ctx.opts))
 
-        @staticmethod
-        def backward(ctx, grad_clip, _grad_has_clip, grad_boun, *unused):
-            if not ctx.needs_input_grad[0]:
-                return (None,) * (2 + len(ctx.opts))
-            emb, labels, *saved = ctx.saved_tensors
-            with torch.no_grad():
-                grad = run_bwd(upstream(grad_clip, emb), upstream(grad_boun, emb), emb, labels,
-                               saved, ctx.opts)
-            if torch.is_grad_enabled():  # create_graph=True: a second backward must fail
-                grad = _FirstOrderGrad.apply(grad, emb)
-            return (grad,) + (None,) * (1 + len(ctx.opts))
-
-    Eager.__name__ = Eager.__qualname__ = f"{name.capitalize()}FusedLosses"
+    # the forward custom op's computation and autograd formula without its dispatch; named
+    # per backend (its graph node reads e.g. TritonFusedLossesBackward)
+    Eager = type(f"{name.capitalize()}FusedLosses", (torch.autograd.Function,), {
+        "__doc__": f"Eager path of cliptbp::{name}_fwd (see `FusedOps`).",
+        "forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)})
     return FusedOps(fwd, bwd, Eager.apply)
 
 

@@ -176,6 +176,8 @@ def test_eager_path_equals_custom_op_bitwise(backend, dtype):
             for a, b in zip(got_out, want_out):
                 assert a.dtype == b.dtype and torch.equal(a, b)
             assert got_grad.dtype == want_grad.dtype and torch.equal(got_grad, want_grad)
+    out = ops.eager(emb.clone().requires_grad_(True), labels, *OPTS[0])
+    assert type(out[0].grad_fn).__name__ == f"{backend.capitalize()}FusedLossesBackward"
 
 
 class _PassThrough(torch.utils._python_dispatch.TorchDispatchMode):
