@@ -321,7 +321,8 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     CT = _ct(emb.dtype)
     has_c, has_b, lse, lval, pairs, inv = saved
     kcap = pairs.shape[1]
-    blk = _Blocks(T, D, is64, max(2, _pow2(kcap)), interpreting(), radius)
+    KP = max(2, _pow2(kcap))
+    blk = _Blocks(T, D, is64, KP, interpreting(), radius)
     prep = _Prep(labels, inv, blk.interp, valid_rows=False)
     bad = prep.bad
     ith, itl = _split(1.0 / tau)
@@ -341,8 +342,8 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
         emb, labels, inv, grad, pairs, coef, bad, has_c, grad_clip, gcs, lse, lval, has_b,
         grad_boun, gbs, prep.win, prep.nwin, prep.nvalid, *_view(emb), kcap, ith, itl,
         radius, *m[0], *m[1], *m[2], WANT_CLIP=has_neg, WANT_BOUN=bool(want_boun),
-        KP=max(2, _pow2(kcap)), BK=blk.BKV, BO=blk.BO, BW=blk.BW, BKW=blk.BKW,
-        BKP=blk.pair_cols(max(2, _pow2(kcap)), blk.BKV), CT=CT, num_warps=blk.warps)
+        KP=KP, BK=blk.BKV, BO=blk.BO, BW=blk.BW, BKW=blk.BKW,
+        BKP=blk.pair_cols(KP, blk.BKV), CT=CT, num_warps=blk.warps)
     BMc = min(256, _pow2(T)) if blk.interp else 32
     _launch(K._chain_kernel, (_cdiv(T, BMc), B),
         emb, labels, inv, bad, grad, pairs, coef, *_view(emb), kcap, HAS_NEG=has_neg, BM=BMc,

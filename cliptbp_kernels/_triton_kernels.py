@@ -439,11 +439,9 @@ def _members(js, je, c, wl, radius, o, lab_ptr, b, T):
 
 
 @_device
-def _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b, w, wm, T, D, sb, st, sd, radius,
-                 BO: tl.constexpr, BK: tl.constexpr, CT: tl.constexpr):
-    """(mean of s_ci over I_pos, mean over I_neg, |I_pos|, |I_neg|) of the windows w of sample
-    b where wm, float64 vectors; the forward's loss and the backward use this same
-    computation."""
+def _window_members(lab_ptr, win_ptr, b, w, wm, T, radius, BO: tl.constexpr):
+    """(clip positions [BW, BO], I_pos and I_neg membership, centres [BW]) of the windows w of
+    sample b where wm (`_members` of their table entries)."""
     wp = win_ptr + (b * T + w) * 3
     js = tl.load(wp, mask=wm, other=0)
     je = tl.load(wp + 1, mask=wm, other=0)
@@ -452,8 +450,16 @@ def _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b, w, wm, T, D, sb, st, sd,
     o = tl.arange(0, BO)
     p, pos, neg = _members(js[:, None], je[:, None], c[:, None], wl[:, None], radius,
                            o[None, :], lab_ptr, b, T)
-    pos = pos & wm[:, None]
-    neg = neg & wm[:, None]
+    return p, pos & wm[:, None], neg & wm[:, None], c
+
+
+@_device
+def _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b, w, wm, T, D, sb, st, sd, radius,
+                 BO: tl.constexpr, BK: tl.constexpr, CT: tl.constexpr):
+    """(mean of s_ci over I_pos, mean over I_neg, |I_pos|, |I_neg|) of the windows w of sample
+    b where wm, float64 vectors; the forward's loss and the backward use this same
+    computation."""
+    p, pos, neg, c = _window_members(lab_ptr, win_ptr, b, w, wm, T, radius, BO)
     mem = pos | neg
     acc = tl.zeros(p.shape, tl.float64)
     for d0 in range(0, D, BK):
@@ -697,15 +703,13 @@ def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr,
             mmax = _f64(mmax_hi, mmax_lo)
             mbase = _f64(mbase_hi, mbase_lo)
             mscale = _f64(mscale_hi, mscale_lo)
-            # how many windows count (the mean's denominator)
+            # how many windows count (the mean's denominator): membership only, no sums
             cnt = _rsum(tl.full([BW], 0, tl.int32), None)
             for w0 in range(0, nw, BW):
                 w = w0 + tl.arange(0, BW)
                 wm = w < nw
-                s_pos, s_neg, npos, nneg = _window_sums(emb_ptr, lab_ptr, inv_ptr, win_ptr, b,
-                                                        w, wm, T, D, sb, st, sd, radius, BO,
-                                                        BKW, CT)
-                act = wm & (npos > 0.0) & (nneg > 0.0)
+                _, pos, neg, _ = _window_members(lab_ptr, win_ptr, b, w, wm, T, radius, BO)
+                act = wm & (_rsum(pos.to(tl.int32), 1) > 0) & (_rsum(neg.to(tl.int32), 1) > 0)
                 cnt += _rsum(act.to(tl.int32), None)
             gw = g / tl.maximum(cnt, 1).to(tl.float64)
             o = tl.arange(0, BO)
