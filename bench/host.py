@@ -32,6 +32,8 @@ def measure(path: str, B: int, T: int, D: int, device: str, repeats: int,
     import cliptbp_kernels as ck
     from cliptbp_kernels import _custom_ops, _triton_backend
 
+    from . import harness
+
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(B, T, D, generator=g).to(device).requires_grad_(True)
     labels = torch.zeros(B, T, dtype=torch.int64)
@@ -60,10 +62,9 @@ def measure(path: str, B: int, T: int, D: int, device: str, repeats: int,
             per_step = (len(launches) - n0) // repeats
     finally:
         _custom_ops.eager_ok = eager_ok
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]  # noqa: E731
-    return {"path": path, "median_us": statistics.median(times), "p20_us": q(0.2),
-            "p80_us": q(0.8), "launches": per_step}
+    return {"path": path, "median_us": statistics.median(times),
+            "p20_us": harness.percentile(times, 20), "p80_us": harness.percentile(times, 80),
+            "launches": per_step}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

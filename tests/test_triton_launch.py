@@ -52,13 +52,19 @@ def test_prep_all_windows_distinct_and_falling():
 
 
 class _CountOps(TorchDispatchMode):
+    """Records the torch ops run inside, and the bytes of every allocation (aten.empty)."""
+
     def __init__(self):
         super().__init__()
         self.ops = []
+        self.nbytes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.empty.memory_format:
+            self.nbytes.append(out.untyped_storage().nbytes())
+        return out
 
 
 def test_host_work_of_one_step_is_bounded():
@@ -104,18 +110,6 @@ def test_upstream_gradients_are_read_in_place():
     assert got.abs().sum() > 0 and torch.equal(got, want)
 
 
-class _Allocations(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.nbytes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if func is torch.ops.aten.empty.memory_format:
-            self.nbytes.append(out.untyped_storage().nbytes())
-        return out
-
-
 def test_backward_working_memory_is_32_bytes_per_clip():
     """Besides the gradient, the backward allocates the GT rows and the window table (32 bytes
     per clip) and O(B k) coefficients: at B=2, T=4096 the step's peak stays within a few
@@ -127,7 +121,7 @@ def test_backward_working_memory_is_32_bytes_per_clip():
     with TB.record_launches():
         out = TB.forward(emb, labels, opts)
     g = torch.ones(B, dtype=torch.float64)
-    with TB.record_launches(), _Allocations() as alloc:
+    with TB.record_launches(), _CountOps() as alloc:
         TB.backward(emb, labels, opts, g, g, out[1].bool(), out[3].bool(), *out[4:])
     grad_bytes = emb.numel() * 4
     assert max(alloc.nbytes) == grad_bytes
