@@ -51,6 +51,20 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+SIZES_ENV = "CLIPTBP_TRITON_SIZES"
+
+
+def interpreter_sizes() -> bool:
+    """True when the launchers use the interpreter's large blocks: under the interpreter,
+    unless CLIPTBP_TRITON_SIZES=gpu asks for the GPU block sizes there too (slower, but it
+    runs the GPU tilings on the CPU: several row tiles and column splits, every merge step).
+    On the GPU always False. ValueError for a value other than "", "auto" or "gpu"."""
+    value = os.environ.get(SIZES_ENV, "").strip().lower()
+    if value not in ("", "auto", "gpu"):
+        raise ValueError(f"{SIZES_ENV}: expected 'auto' or 'gpu', got {value!r}")
+    return interpreting() and value != "gpu"
+
+
 def why_not(device: torch.device) -> Optional[str]:
     """None if the Triton kernels can run on `device`, else the reason."""
     if K is None:
@@ -144,7 +158,9 @@ def _parse_blocks(text: str) -> tuple:
 class _Blocks:
     """Block sizes of one launch: interpreter or GPU, float64 or not. On the GPU every dot
     operand dimension is at least 16 (masking covers smaller D). The GPU sizes of the
-    float32/16-bit kernels can be overridden for tuning (`gpu_block_override`).
+    float32/16-bit kernels can be overridden for tuning (`gpu_block_override`). `interp`
+    selects the interpreter's sizes (`interpreter_sizes()`: the GPU sizes can be run in the
+    interpreter too).
 
     The float32/16-bit GPU defaults keep the two similarity-tile kernels out of local memory
     (sm_90 resource usage from the compiler, `cuobjdump --dump-resource-usage`, D=256): with
@@ -267,7 +283,7 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     CT = _ct(emb.dtype)
     has_k = bool(want_clip and kcap > 0)
     KP = max(2, _pow2(kcap)) if has_k else 2  # tl.topk needs k >= 2
-    blk = _Blocks(T, D, is64, KP, interpreting(), radius)
+    blk = _Blocks(T, D, is64, KP, interpreter_sizes(), radius)
     inv = _norms(emb, labels, blk)
     prep = _Prep(labels, inv, blk.interp)
     bad = prep.bad
@@ -322,7 +338,7 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     has_c, has_b, lse, lval, pairs, inv = saved
     kcap = pairs.shape[1]
     KP = max(2, _pow2(kcap))
-    blk = _Blocks(T, D, is64, KP, interpreting(), radius)
+    blk = _Blocks(T, D, is64, KP, interpreter_sizes(), radius)
     prep = _Prep(labels, inv, blk.interp, valid_rows=False)
     bad = prep.bad
     ith, itl = _split(1.0 / tau)

@@ -86,6 +86,17 @@ def make_batch(B, T, D, patterns, seed, dtype=torch.float32, duplicates=False):
     return emb.to(dtype), labels
 
 
+def exact_tie_batch(B, T, seed):
+    """Clips with four entries +-1 out of 8: every norm is 2 and every similarity is a
+    multiple of 1/4, exact in every dtype, so ties are exact and plentiful."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.rand(B, T, 8, generator=g).argsort(-1)[..., :4]
+    signs = torch.randint(0, 2, (B, T, 4), generator=g) * 2 - 1
+    emb = torch.zeros(B, T, 8).scatter_(-1, idx, signs.float())
+    _, labels = make_batch(B, T, 1, list(PATTERNS), seed=seed)
+    return emb, labels
+
+
 def losses(backend, emb, labels, reduction="none", **opts):
     return ck.clip_boundary_losses(emb, labels, backend=backend, reduction=reduction, **opts)
 
@@ -161,12 +172,14 @@ def expected_lists(labels: torch.Tensor, inv: torch.Tensor):
 def check_prep(labels: torch.Tensor, inv: torch.Tensor):
     """The Triton backend's index lists (`_prep_kernel`, on the tensors' device: interpreted
     on the CPU, compiled on a GPU) against `expected_lists`, with and without the list of valid
-    clips (the backward's variant)."""
+    clips (the backward's variant). On the CPU with the block sizes the launchers would use
+    there (`TB.interpreter_sizes`)."""
     from cliptbp_kernels import _triton_backend as TB
 
     expected = expected_lists(labels.cpu(), inv.cpu())
+    interp = labels.device.type == "cpu" and TB.interpreter_sizes()
     for valid_rows in (True, False):
-        prep = TB._Prep(labels, inv, labels.device.type == "cpu", valid_rows=valid_rows)
+        prep = TB._Prep(labels, inv, interp, valid_rows=valid_rows)
         assert (prep.rows_valid is not None) == valid_rows
         for b, (gt, valid, wins, bad) in enumerate(expected):
             ng, nv, nw = int(prep.ng[b]), int(prep.nvalid[b]), int(prep.nwin[b])
@@ -196,18 +209,20 @@ def random_labels(B, T, seed, sorted_ids):
     return labels
 
 
-def block_edge_labels(T: int = 9000) -> torch.Tensor:
-    """[3, T] labels whose lists cross the prep kernel's block edges: windows across clip
-    4096 and 8192, window ids falling in time (4,500 GT clips with ids cycling 1..9), a
-    one-clip window inside another window's run."""
+def block_edge_labels(block: int = 4096) -> torch.Tensor:
+    """[3, T] labels (T = 2 block + 808) whose lists cross the prep kernel's list-block edges
+    (4096 clips in the interpreter, 1024 on the GPU): windows across clips `block` and
+    `2 block`, window ids falling in time (T / 2 GT clips with ids cycling 1..9), a one-clip
+    window inside another window's run, padding at a block edge."""
+    T = 2 * block + 808
     labels = torch.zeros(3, T, dtype=torch.int64)
-    labels[0, 4000:4200] = 7
-    labels[0, 8100:8192 + 300] = 2
+    labels[0, block - 96:block + 104] = 7
+    labels[0, 2 * block - 92:2 * block + 300] = 2
     labels[0, 10:600] = 5
     ar = torch.arange(T)
     labels[1] = torch.where(ar % 2 == 0, 1 + (ar // 100) % 9, 0)
-    labels[1, 4095:4097] = -1
+    labels[1, block - 1:block + 1] = -1
     labels[2, :] = 1
-    labels[2, 5000:] = 3
-    labels[2, 4096] = 2
+    labels[2, T * 5 // 9:] = 3
+    labels[2, block] = 2
     return labels

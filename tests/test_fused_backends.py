@@ -12,6 +12,7 @@ from cases import (
     PATTERNS,
     assert_grads_close,
     assert_values_close,
+    exact_tie_batch,
     make_batch,
     per_sample_value_and_grad,
     ref_pairs,
@@ -78,17 +79,6 @@ def test_temperatures(backend, tau):
 def test_ties_from_duplicated_clips(backend, opts):
     emb, labels = make_batch(5, 24, 12, ALL_PATTERNS, seed=5, duplicates=True)
     check_against_spec(backend, emb, labels, k=9, **opts)
-
-
-def exact_tie_batch(B, T, seed):
-    """Clips with four entries +-1 out of 8: every norm is 2 and every similarity is a
-    multiple of 1/4, exact in every dtype, so ties are exact and plentiful."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.rand(B, T, 8, generator=g).argsort(-1)[..., :4]
-    signs = torch.randint(0, 2, (B, T, 4), generator=g) * 2 - 1
-    emb = torch.zeros(B, T, 8).scatter_(-1, idx, signs.float())
-    _, labels = make_batch(B, T, 1, ALL_PATTERNS, seed=seed)
-    return emb, labels
 
 
 @pytest.mark.parametrize("backend", FUSED)

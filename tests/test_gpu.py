@@ -179,7 +179,7 @@ def test_triton_prep_lists_compiled_match_spec():
     ranking), random labels, every clip its own window."""
     from cases import block_edge_labels, check_prep, random_labels
 
-    cases = [block_edge_labels(), block_edge_labels().flip(1),
+    cases = [block_edge_labels(1024), block_edge_labels(1024).flip(1), block_edge_labels(),
              random_labels(6, 700, seed=1, sorted_ids=True),
              random_labels(6, 700, seed=2, sorted_ids=False),
              torch.arange(1100, 0, -1).unsqueeze(0).repeat(2, 1)]
