@@ -119,6 +119,7 @@ def _f32(x: float) -> float:
         return math.copysign(math.inf, x)
 
 
+@functools.lru_cache(maxsize=256)
 def _split(x: float):
     """x as two float32 values hi + lo (Triton passes Python floats as float32)."""
     hi = _f32(x)
@@ -208,6 +209,20 @@ class _Blocks:
         return interp_cols if self.interp else max(1, min(self.BK, _pow2(4096 // KP + 1) // 2))
 
 
+def _blocks(T: int, D: int, f64: bool, KP: int, radius: int) -> _Blocks:
+    """The block sizes of a launch at this shape (interpreter or GPU sizes, the GPU override
+    applied), cached: built once per shape and options rather than on every call, as the
+    step at small shapes is bound by host time. Callers must not modify the result."""
+    interp = interpreter_sizes()
+    override = "" if interp or f64 else os.environ.get(GPU_BLOCKS_ENV, "").strip()
+    return _cached_blocks(T, D, f64, KP, interp, radius, override)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_blocks(T, D, f64, KP, interp, radius, override) -> _Blocks:
+    return _Blocks(T, D, f64, KP, interp, radius)
+
+
 class _Prep:
     """Per-sample index lists and the non-finite flag, built by `_prep_kernel` in one launch
     (tensors on the input's device).
@@ -283,7 +298,7 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     CT = _ct(emb.dtype)
     has_k = bool(want_clip and kcap > 0)
     KP = max(2, _pow2(kcap)) if has_k else 2  # tl.topk needs k >= 2
-    blk = _Blocks(T, D, is64, KP, interpreter_sizes(), radius)
+    blk = _blocks(T, D, is64, KP, radius)
     inv = _norms(emb, labels, blk)
     prep = _Prep(labels, inv, blk.interp)
     bad = prep.bad
@@ -298,8 +313,8 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
         # size the partial buffers by the rows actually present (one sync)
         nrb = max(1, _cdiv(int(nrows.max()), blk.BM))
     ith, itl = _split(1.0 / tau)
-    blk.BP = min(blk.BP, _pow2(nrb * nsplit))  # partial results merged per step
-    blk.BPK = min(blk.BPK, _pow2(nrb * nsplit))
+    BP = min(blk.BP, _pow2(nrb * nsplit))  # partial results merged per step
+    BPK = min(blk.BPK, _pow2(nrb * nsplit))
     nparts = B * nrb * nsplit if want_clip else 1
     lse_m = torch.empty(nparts, **f64)
     lse_s = torch.empty(nparts, **f64)
@@ -317,7 +332,7 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
         loss_c, has_c, loss_b, has_b, lse, lval, keys, pairs if kcap > 0 else keys,
         *_view(emb), ith, itl, nrb, nsplit, k, kcap, radius, *m[0], *m[1], *m[2],
         WANT_CLIP=bool(want_clip), WANT_BOUN=bool(want_boun), KP=KP, HAS_K=has_k, BM=blk.BM,
-        BP=blk.BP, BPK=blk.BPK, BK=blk.BK, BW=blk.BW, BO=blk.BO, BKW=blk.BKW,
+        BP=BP, BPK=BPK, BK=blk.BK, BW=blk.BW, BO=blk.BO, BKW=blk.BKW,
         BKP=blk.pair_cols(KP, blk.BK), BJ=KP if blk.interp else max(1, min(KP, 8192 // KP)),
         CT=CT, num_warps=blk.warps)
     return loss_c, has_c, loss_b, has_b, lse, lval, pairs, inv
@@ -338,7 +353,7 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
     has_c, has_b, lse, lval, pairs, inv = saved
     kcap = pairs.shape[1]
     KP = max(2, _pow2(kcap))
-    blk = _Blocks(T, D, is64, KP, interpreter_sizes(), radius)
+    blk = _blocks(T, D, is64, KP, radius)
     prep = _Prep(labels, inv, blk.interp, valid_rows=False)
     bad = prep.bad
     ith, itl = _split(1.0 / tau)

@@ -91,3 +91,16 @@ def test_gpu_check_stops_at_once_without_a_gpu(tmp_path):
     for stage in ("build", "smoke", "gputests", "tests", "sanitizer", "targets", "bench",
                   "tune"):
         assert f"stage_{stage}()" in text
+
+
+def test_block_sizes_cached_per_shape_sizes_and_override(monkeypatch):
+    monkeypatch.setenv(_triton_backend.SIZES_ENV, "gpu")
+    monkeypatch.delenv(_triton_backend.GPU_BLOCKS_ENV, raising=False)
+    a = _triton_backend._blocks(4096, 256, False, 32, 1)
+    assert _triton_backend._blocks(4096, 256, False, 32, 1) is a and a.BM == 32
+    assert _triton_backend._blocks(4096, 256, False, 32, 2) is not a
+    monkeypatch.setenv(_triton_backend.GPU_BLOCKS_ENV, "BM=64")
+    b = _triton_backend._blocks(4096, 256, False, 32, 1)
+    assert b is not a and b.BM == 64 and a.BM == 32
+    monkeypatch.setenv(_triton_backend.SIZES_ENV, "auto")  # the tests run interpreted
+    assert _triton_backend._blocks(4096, 256, False, 32, 1).cols_per_split == 1 << 30
