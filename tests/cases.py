@@ -146,8 +146,23 @@ def assert_grads_close(got, ref, what, rtol=1e-4, atol=1e-6):
     )
 
 
-def ref_pairs(emb, labels, **opts):
-    return reference.hard_negative_pairs(emb.double(), labels, **opts)
+def check_against_spec(backend, emb, labels, grad_rtol=1e-4, **opts):
+    """Per-sample values and gradient of `backend` against the float64 evaluation of SPEC.md,
+    and their dtypes; returns (L_clip, L_boun, grad)."""
+    lc, lb, g = per_sample_value_and_grad(backend, emb, labels, **opts)
+    rc, rb, rg = spec_eval(emb, labels, **opts)
+    assert lc.dtype == (torch.float64 if emb.dtype == torch.float64 else torch.float32)
+    assert g.dtype == emb.dtype and g.shape == emb.shape
+    assert_values_close(lc, rc, f"{backend} L_clip {opts}")
+    assert_values_close(lb, rb, f"{backend} L_boun {opts}")
+    assert_grads_close(g, rg, f"{backend} grad {opts}", rtol=grad_rtol)
+    return lc, lb, g
+
+
+def ref_pairs(emb, labels, k=20, positives="any", negatives="cross"):
+    """The reference's hard negatives in float64, with the API's defaults."""
+    return reference.hard_negative_pairs(emb.double(), labels, k=k, positives=positives,
+                                         negatives=negatives)
 
 
 # The Triton backend's index lists (tests/test_triton_launch.py, tests/test_gpu.py)

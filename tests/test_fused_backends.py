@@ -10,8 +10,7 @@ import torch
 import cliptbp_kernels as ck
 from cases import (
     PATTERNS,
-    assert_grads_close,
-    assert_values_close,
+    check_against_spec,
     exact_tie_batch,
     make_batch,
     per_sample_value_and_grad,
@@ -27,17 +26,6 @@ OPTION_GRID = [
 ALL_PATTERNS = list(PATTERNS)
 
 pytestmark = pytest.mark.skipif(not FUSED, reason="no fused backend built")
-
-
-def check_against_spec(backend, emb, labels, **opts):
-    lc, lb, g = per_sample_value_and_grad(backend, emb, labels, **opts)
-    rc, rb, rg = spec_eval(emb, labels, **opts)
-    assert lc.dtype == (torch.float64 if emb.dtype == torch.float64 else torch.float32)
-    assert g.dtype == emb.dtype and g.shape == emb.shape
-    assert_values_close(lc, rc, f"{backend} L_clip {opts}")
-    assert_values_close(lb, rb, f"{backend} L_boun {opts}")
-    assert_grads_close(g, rg, f"{backend} grad {opts}")
-    return lc, lb, g
 
 
 @pytest.mark.parametrize("backend", FUSED)
