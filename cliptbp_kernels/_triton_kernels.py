@@ -439,14 +439,22 @@ def _members(js, je, c, wl, radius, o, lab_ptr, b, T):
 
 
 @_device
-def _window_members(lab_ptr, win_ptr, b, w, wm, T, radius, BO: tl.constexpr):
-    """(clip positions [BW, BO], I_pos and I_neg membership, centres [BW]) of the windows w of
-    sample b where wm (`_members` of their table entries)."""
+def _window_entry(lab_ptr, win_ptr, b, w, wm, T):
+    """(js, je, centre, label) of the windows w of sample b where wm: their entries in the
+    window table [B, T, 3] written by `_prep_kernel` (a window's label is that of clip js)."""
     wp = win_ptr + (b * T + w) * 3
     js = tl.load(wp, mask=wm, other=0)
     je = tl.load(wp + 1, mask=wm, other=0)
     c = tl.load(wp + 2, mask=wm, other=0)
     wl = tl.load(lab_ptr + b * T + js, mask=wm, other=0)
+    return js, je, c, wl
+
+
+@_device
+def _window_members(lab_ptr, win_ptr, b, w, wm, T, radius, BO: tl.constexpr):
+    """(clip positions [BW, BO], I_pos and I_neg membership, centres [BW]) of the windows w of
+    sample b where wm (`_members` of their table entries)."""
+    js, je, c, wl = _window_entry(lab_ptr, win_ptr, b, w, wm, T)
     o = tl.arange(0, BO)
     p, pos, neg = _members(js[:, None], je[:, None], c[:, None], wl[:, None], radius,
                            o[None, :], lab_ptr, b, T)
@@ -597,9 +605,8 @@ def _finalize_kernel(emb_ptr, lab_ptr, inv_ptr, nrows_ptr, nvalid_ptr, bad_ptr,
                                                         w, wm, T, D, sb, st, sd, radius, BO,
                                                         BKW, CT)
                 act = wm & (npos > 0.0) & (nneg > 0.0)
-                wp = win_ptr + (b * T + w) * 3
-                span = (tl.load(wp + 1, mask=wm, other=0) - tl.load(wp, mask=wm, other=0))
-                delta = tl.minimum(mmax, mbase + mscale * span.to(tl.float64) / nv)
+                js, je, _, _ = _window_entry(lab_ptr, win_ptr, b, w, wm, T)
+                delta = tl.minimum(mmax, mbase + mscale * (je - js).to(tl.float64) / nv)
                 hinge = tl.maximum(s_neg - s_pos + delta, 0.0)
                 tot += _rsum(tl.where(act, hinge, 0.0), None)
                 cnt += _rsum(act.to(tl.int32), None)
@@ -729,12 +736,8 @@ def _sparse_bwd_kernel(emb_ptr, lab_ptr, inv_ptr, grad_ptr, pairs_ptr, coef_ptr,
                     s_neg = _rsum(tl.where(lane == i, sn_v, 0.0), None)
                     npos = _rsum(tl.where(lane == i, np_v, 0.0), None)
                     nneg = _rsum(tl.where(lane == i, nn_v, 0.0), None)
-                    wp = win_ptr + (b * T + w0 + i) * 3
                     inw = (w0 + i) < nw
-                    js = tl.load(wp, mask=inw, other=0)
-                    je = tl.load(wp + 1, mask=inw, other=0)
-                    c = tl.load(wp + 2, mask=inw, other=0)
-                    wl = tl.load(lab_ptr + b * T + js, mask=inw, other=0)
+                    js, je, c, wl = _window_entry(lab_ptr, win_ptr, b, w0 + i, inw, T)
                     delta = tl.minimum(mmax, mbase + mscale * (je - js).to(tl.float64) / nv)
                     # the hinge's gradient is 0 at its kink and below
                     if inw & (npos > 0.0) & (nneg > 0.0) & (s_neg - s_pos + delta > 0.0):
