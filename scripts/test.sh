@@ -11,10 +11,17 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+# the whole run should stay under 30 minutes on 2 cores: say where the time went
+T0=$SECONDS
+took() { echo "test.sh: $1 took $(( (SECONDS - $2) / 60 )) min $(( (SECONDS - $2) % 60 )) s"; }
+
 bash scripts/setup.sh
+took "setup" "$T0"
 
 rc=0
+t=$SECONDS
 .venv/bin/python -m pytest -q tests bench "$@" || rc=$?
+took "pytest" "$t"
 if [ "$rc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: treating that as a failure" >&2
 fi
@@ -26,7 +33,9 @@ fi
 if [ "$sanitize" = "1" ]; then
   echo "test.sh: sanitizer run (scripts/sanitize.sh)"
   src=0
+  t=$SECONDS
   bash scripts/sanitize.sh || src=$?
+  took "the sanitizer run" "$t"
   if [ "$src" -ne 0 ]; then
     echo "test.sh: sanitizer run FAILED (exit $src)" >&2
     [ "$rc" -ne 0 ] || rc=$src
@@ -34,4 +43,5 @@ if [ "$sanitize" = "1" ]; then
 else
   echo "test.sh: sanitizer run skipped (CLIPTBP_TEST_SANITIZE=${CLIPTBP_TEST_SANITIZE:-auto}, $# pytest argument(s))"
 fi
+took "the whole run" "$T0"
 exit "$rc"
