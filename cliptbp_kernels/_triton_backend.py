@@ -213,13 +213,13 @@ def _blocks(T: int, D: int, f64: bool, KP: int, radius: int) -> _Blocks:
     """The block sizes of a launch at this shape (interpreter or GPU sizes, the GPU override
     applied), cached: built once per shape and options rather than on every call, as the
     step at small shapes is bound by host time. Callers must not modify the result."""
-    interp = interpreter_sizes()
-    override = "" if interp or f64 else os.environ.get(GPU_BLOCKS_ENV, "").strip()
-    return _cached_blocks(T, D, f64, KP, interp, radius, override)
+    return _cached_blocks(T, D, f64, KP, interpreter_sizes(), radius,
+                          os.environ.get(GPU_BLOCKS_ENV, ""))
 
 
 @functools.lru_cache(maxsize=256)
-def _cached_blocks(T, D, f64, KP, interp, radius, override) -> _Blocks:
+def _cached_blocks(T, D, f64, KP, interp, radius, override_key) -> _Blocks:
+    # override_key: the override's text, a cache key only (`_Blocks` reads and applies it)
     return _Blocks(T, D, f64, KP, interp, radius)
 
 
