@@ -1,4 +1,4 @@
-// Fused CPU kernels of L_clip and L_boun (SPEC.md sections 1 and 2), forward and backward.
+// Fused CPU kernels of L_clip and L_boun (docs/losses.md, sections 1-2), forward and backward.
 //
 // Forward, per sample: the rows that can hold a pair of interest (the GT clips for
 // negatives="cross", every valid clip for negatives="all") are cut into blocks of kRowBlock
@@ -498,7 +498,7 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
         if (!total.empty()) {
           // l = log(1 + sum_n exp(z_n - lse_P)) = softplus(lse_N - lse_P), with lse_N the
           // log-sum-exp of the chosen negatives: precise when l is tiny (the log1p form of
-          // SPEC.md) and finite when a negative lies hundreds of tau above the positives.
+          // docs/losses.md) and finite when a negative lies hundreds of tau above the positives.
           const double lse = total.value();
           double l = 0.0;
           if (!keys.empty()) {

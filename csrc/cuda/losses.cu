@@ -1,4 +1,4 @@
-// Fused CUDA kernels of L_clip and L_boun (SPEC.md sections 1 and 2), forward and backward.
+// Fused CUDA kernels of L_clip and L_boun (docs/losses.md, sections 1-2), forward and backward.
 // Plain CUDA C++: only CUDA headers (through compat.h) and csrc/ headers.
 //
 // Forward, two launches:
@@ -10,7 +10,7 @@
 //     clips for negatives="cross", valid clips for "all") and a range of 32-column tiles of
 //     the valid list; per tile it computes the similarities from shared-memory tiles, adds
 //     positives to a per-thread online log-sum-exp and offers negatives above the block's
-//     current k-th best to a shared top-k list (64-bit keys of DESIGN.md, one bitonic sort
+//     current k-th best to a shared top-k list (64-bit keys of pairs.h, one bitonic sort
 //     per tile that had candidates). It writes its partials (log-sum-exp, sorted keys); the
 //     last block of a sample to finish (atomic counter) merges the partials in block order,
 //     recomputes the chosen pairs' similarities (one warp per pair), and computes L_clip,
@@ -76,7 +76,7 @@ struct Chunk<double> {
   static constexpr int value = 16;
 };
 
-// Tensor-core operands of 16-bit inputs (none for float32 / float64: SPEC.md wants true
+// Tensor-core operands of 16-bit inputs (none for float32 / float64: docs/losses.md wants true
 // float32 products there, no TF32). The operands are the stored values themselves, times a
 // power of two: exact, so the products are exact in float and only the float accumulation
 // rounds, as on the float32 path. float16 values go in unscaled (|v| <= 65504: products and
@@ -727,7 +727,7 @@ DEV void finalize(const Params& p, int64_t b, TopKShared& top, double* red_sh, d
         for (int n = t; n < keff; n += kThreads)
           if (top.keys[n] != 0) s += exp(zs[n] - zmax);
         s = block_sum(s, red_sh);
-        // l = softplus(lse_N - lse_P): the log1p form of SPEC.md, finite for huge gaps
+        // l = softplus(lse_N - lse_P): the log1p form of docs/losses.md, finite for huge gaps
         const double x = zmax + log(s) - total.value();
         l = x > 0.0 ? x + log1p(exp(-x)) : log1p(exp(x));
       }

@@ -1,4 +1,4 @@
-// Index sets of L_boun (SPEC.md section 2) for one ground-truth window.
+// Index sets of L_boun (docs/losses.md, section 2) for one ground-truth window.
 #pragma once
 
 #include <cstdint>
@@ -57,7 +57,7 @@ CLIPTBP_HD void for_each_neg(const Window& w, const int64_t* labels, int64_t T, 
   }
 }
 
-// Margin delta of SPEC.md section 2 for a window spanning [js, je] in a sample of n valid clips.
+// Margin delta (docs/losses.md, section 2) of a window spanning [js, je], n valid clips.
 CLIPTBP_HD double boundary_delta(const Window& w, int64_t n_valid, double margin_max,
                                  double margin_base, double margin_scale) {
   const double d = margin_base + margin_scale * static_cast<double>(w.je - w.js) /

@@ -16,7 +16,7 @@ namespace cliptbp {
 // Element type of the embeddings, as passed from Python.
 enum DType : int { kFloat16 = 0, kBFloat16 = 1, kFloat32 = 2, kFloat64 = 3 };
 
-// Which pairs are positives (SPEC.md section 1).
+// Which pairs are positives (docs/losses.md, section 1).
 enum Positives : int { kPositivesAny = 0, kPositivesSame = 1 };
 // Which non-positive pairs are negative candidates.
 enum Negatives : int { kNegativesCross = 0, kNegativesAll = 1 };

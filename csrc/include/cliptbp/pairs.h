@@ -1,4 +1,4 @@
-// Pair semantics of L_clip (SPEC.md section 1): classes, ranking keys, log-sum-exp.
+// Pair semantics of L_clip (docs/losses.md, section 1): classes, ranking keys, log-sum-exp.
 #pragma once
 
 #include <cmath>
@@ -51,7 +51,7 @@ CLIPTBP_HD double from_ordered_bits(uint64_t o) {
   return v;
 }
 
-// 64-bit ranking key of DESIGN.md for float32 similarities and pair indices < 2^32:
+// 64-bit ranking key for float32 similarities and pair indices < 2^32:
 // (ordered(s) << 32) | (2^32 - 1 - pair). Larger key = better candidate; equal values
 // prefer the smaller pair index.
 CLIPTBP_HD uint64_t pack_key64(float s, int64_t pair) {
