@@ -221,8 +221,9 @@ class CMakeBuild(build_ext):
 
         # One CMake tree per configuration (interpreter, pybind11, compilers, options): a
         # stale CMakeCache.txt would silently keep an old configuration.
-        key = "\n".join([cmake, str(ninja), sys.executable, sysconfig.get_config_var("EXT_SUFFIX") or "",
-                         _env("CXX"), _env("CC"), _env("CXXFLAGS"), str(nvcc)] + args)
+        key = "\n".join([cmake, str(ninja), sys.executable,
+                         sysconfig.get_config_var("EXT_SUFFIX") or "", _env("CXX"), _env("CC"),
+                         _env("CXXFLAGS"), str(nvcc)] + args)
         build_dir = self._cmake_build_dir(pybind11_dir, key)
         out_dir = build_dir / "cliptbp_kernels"
         args.append(f"-DCLIPTBP_OUTPUT_DIR={out_dir}")
@@ -241,7 +242,8 @@ class CMakeBuild(build_ext):
             dest = Path(self.get_ext_fullpath(ext.name))
             if dest.exists():
                 dest.unlink()  # never ship a stale module from an earlier build
-            found = sorted(p for p in out_dir.glob(ext.target + ".*") if p.suffix in (".so", ".pyd"))
+            found = sorted(p for p in out_dir.glob(ext.target + ".*")
+                           if p.suffix in (".so", ".pyd"))
             if not found:
                 if (ext.name == CUDA_MODULE and cuda_mode != "ON") or (ext.name == EMU_MODULE
                                                                          and not emu):

@@ -28,10 +28,10 @@ What is measured, per (backend, shape, mode) case, each in a fresh child process
 * GPU time (``gpu_ms``, CUDA only): the median of the same step captured once as a CUDA graph
   and replayed, timed with CUDA events: the kernels' time without the host's launch overhead
   (labels then unchecked: ``check_labels=False``). Empty where the step cannot be captured
-  (a backend that synchronises inside) and on the CPU. The memory call is the first warm-up; then up to ``--warmup``
-  calls in all (a call slower than 1 s needs only that first one). Repeats are adaptive:
-  enough calls for about ``--min-time`` seconds, at least 5 and at most 200, only 3 for
-  calls slower than 1 s; ``--repeats N`` fixes the number.
+  (a backend that synchronises inside) and on the CPU. The memory call is the first warm-up;
+  then up to ``--warmup`` calls in all (a call slower than 1 s needs only that first one).
+  Repeats are adaptive: enough calls for about ``--min-time`` seconds, at least 5 and at most
+  200, only 3 for calls slower than 1 s; ``--repeats N`` fixes the number.
 
 A child that is killed (out of memory) is recorded with status ``oom``, one that outlives
 ``--case-timeout`` with ``timeout``, one that raises with ``error`` (``oom`` where the
@@ -106,6 +106,21 @@ SHAPES: Dict[str, Shape] = {s.name: s for s in (
 )}
 DEFAULT_SHAPES = ("qvh", "tacos", "long4k", "long16k")
 SWEEP_TS = tuple(64 * 2 ** i for i in range(9))  # 64 .. 16384
+
+
+TARGET_MODE = "fwdbwd"
+# The speed and memory targets (checked by bench.targets): (shape, backends besides the
+# fused ones), the baselines each target compares with
+TARGET_CASES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("qvh", ("reference", "compile")),
+    ("long4k", ("reference",)),
+    ("long16k", ()),
+)
+
+
+def target_cases(fused: Sequence[str]) -> List[Tuple[str, str, str]]:
+    """(backend, shape, mode) of every case the targets need, baselines first per shape."""
+    return [(b, s, TARGET_MODE) for s, base in TARGET_CASES for b in list(base) + list(fused)]
 
 
 def get_shape(name: str) -> Shape:
@@ -185,6 +200,7 @@ def make_step(backend: str, mode: str, emb, labels,
     the full criterion for ``crit_fwdbwd``. ``check_labels=False`` leaves out the label check
     (its device sync cannot be captured in a CUDA graph)."""
     import torch
+
     import cliptbp_kernels as ck
 
     if mode == "crit_fwdbwd":
@@ -526,7 +542,7 @@ def markdown_table(rows: Sequence[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for shape, mode in keys:
         any_row = next(by[(shape, mode, b)] for b in backends if (shape, mode, b) in by)
-        get = lambda b: by.get((shape, mode, b))  # noqa: E731
+        get = lambda b, shape=shape, mode=mode: by.get((shape, mode, b))
         cells = [shape, mode, str(any_row["B"]), str(any_row["T"])]
         cells += [cell(get(b), "median_ms") for b in backends]
         for f in fused:
@@ -615,6 +631,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return child_main(json.loads(args.child))
 
     import torch
+
     import cliptbp_kernels as ck
 
     dev_type = torch.device(args.device).type
@@ -645,8 +662,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     failed: set = set()  # (backend, mode) that failed at a smaller T of the sweep
     cases = [(s, m, b) for s in shapes for m in modes for b in backends]
     if args.targets:
-        from bench.targets import target_cases
-
         cases = [(s, m, b) for b, s, m in target_cases([b for b in backends
                                                         if b not in BASELINES])]
     try:

@@ -3,8 +3,8 @@
 At small shapes (QVHighlights: B=32, T=75) a GPU step is bound by what the host does before
 the kernels run: argument checks, the Python of the launchers, allocations, autograd. This
 measures exactly that: ``clip_boundary_losses`` forward + ``.backward()`` with the Triton
-launches recorded instead of run (`_triton_backend.record_launches`), through the eager
-``autograd.Function`` path and through the ``torch.library`` custom ops, side by side.
+launches recorded instead of run (`cliptbp_kernels.backends.triton.record_launches`), through
+the eager ``autograd.Function`` path and through the ``torch.library`` custom ops, side by side.
 
     .venv/bin/python -m bench.host                 # CPU tensors (Triton interpreter mode)
     .venv/bin/python -m bench.host --device cuda   # on a GPU: CUDA tensors, same launches
@@ -30,7 +30,8 @@ def measure(path: str, B: int, T: int, D: int, device: str, repeats: int,
     import torch
 
     import cliptbp_kernels as ck
-    from cliptbp_kernels import _custom_ops, _triton_backend
+    from cliptbp_kernels.backends import _ops
+    from cliptbp_kernels.backends.triton import record_launches
 
     from . import harness
 
@@ -46,11 +47,11 @@ def measure(path: str, B: int, T: int, D: int, device: str, repeats: int,
                                          check_labels=check_labels)
         (lc + lb).backward()
 
-    eager_ok = _custom_ops.eager_ok
+    eager_ok = _ops.eager_ok
     if path == "custom op":
-        _custom_ops.eager_ok = lambda emb, labels: False
+        _ops.eager_ok = lambda emb, labels: False
     try:
-        with _triton_backend.record_launches() as launches:
+        with record_launches() as launches:
             for _ in range(20):
                 step()
             n0 = len(launches)
@@ -61,7 +62,7 @@ def measure(path: str, B: int, T: int, D: int, device: str, repeats: int,
                 times.append((time.perf_counter() - t0) * 1e6)
             per_step = (len(launches) - n0) // repeats
     finally:
-        _custom_ops.eager_ok = eager_ok
+        _ops.eager_ok = eager_ok
     return {"path": path, "median_us": statistics.median(times),
             "p20_us": harness.percentile(times, 20), "p80_us": harness.percentile(times, 80),
             "launches": per_step}

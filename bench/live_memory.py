@@ -26,7 +26,8 @@ def peak_live_bytes(backend: str, shape_name: str) -> dict:
     from torch.utils._pytree import tree_flatten
 
     import cliptbp_kernels as ck
-    from cliptbp_kernels import _custom_ops, _triton_backend
+    from cliptbp_kernels.backends import _ops
+    from cliptbp_kernels.backends.triton import launch
 
     from . import harness
 
@@ -63,16 +64,16 @@ def peak_live_bytes(backend: str, shape_name: str) -> dict:
 
     # the launchers' own allocations are what counts: the eager path (under a dispatch mode
     # the custom ops would hide them) and, for Triton, no kernel run
-    saved = _custom_ops.eager_ok, _triton_backend._launch
-    _custom_ops.eager_ok = lambda e, l: True
-    _triton_backend._launch = lambda kernel, grid, *args, **meta: None
+    saved = _ops.eager_ok, launch._launch
+    _ops.eager_ok = lambda e, l: True
+    launch._launch = lambda kernel, grid, *args, **meta: None
     try:
         step()  # one-time allocations outside the count
         mode = Live()
         with mode:
             step()
     finally:
-        _custom_ops.eager_ok, _triton_backend._launch = saved
+        _ops.eager_ok, launch._launch = saved
     return {"peak": mode.peak, "grad": emb.numel() * emb.element_size()}
 
 

@@ -31,20 +31,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from bench import harness
+from bench.harness import TARGET_CASES, target_cases
+from bench.harness import TARGET_MODE as MODE
 
-MODE = "fwdbwd"
-# (shape, backends besides the fused ones): the baselines each target compares with
-TARGET_CASES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
-    ("qvh", ("reference", "compile")),
-    ("long4k", ("reference",)),
-    ("long16k", ()),
-)
-
-
-def target_cases(fused: Sequence[str]) -> List[Tuple[str, str, str]]:
-    """(backend, shape, mode) of every case the targets need, baselines first per shape."""
-    return [(b, s, MODE) for s, base in TARGET_CASES for b in list(base) + list(fused)]
-
+__all__ = ["MODE", "TARGET_CASES", "evaluate", "floor_estimate", "main", "read_rows", "report",
+           "target_cases"]
 
 def floor_estimate(shape_name: str, tflops: float, tbps: float) -> dict:
     """FLOPs, bytes and the two times (ms) of the floor for one shape's labels."""

@@ -1,4 +1,5 @@
-"""Input checks shared by the public API: clear errors before any kernel runs."""
+"""Input checks of the public functions: a clear `TypeError` / `ValueError` naming the argument,
+the expected and the received value, before any kernel runs."""
 
 from __future__ import annotations
 
@@ -7,24 +8,14 @@ import numbers
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-LABEL_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64)
-POSITIVES = ("any", "same")
-NEGATIVES = ("cross", "all")
-REDUCTIONS = ("mean", "sum", "none")
-BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
-
-# Longest video (clips per sample) any backend accepts: T < 2^31. Clip indices then fit in 32
-# bits, as GPU kernels would keep them, and a canonical pair index i * T + j (i < j < T) stays
-# below 2^62, far inside the int64 the kernels store it in (the CPU ranking keys are 128-bit).
-# Memory runs out long before: the kernels keep about 120 bytes of bookkeeping per clip, so
-# T = 2^31 would need over 250 GB for that alone.
-MAX_T = 2**31 - 1
+from ._options import FLOAT_DTYPES, LABEL_DTYPES, MAX_T, NEGATIVES, POSITIVES, REDUCTIONS
+from .backends import CHOICES
 
 
 def check_choice(name: str, value: object, choices: tuple) -> str:
     if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
+        expected = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {expected}; got {value!r}")
     return value
 
 
@@ -36,7 +27,9 @@ def check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
-def check_real(name: str, value: object, *, positive: bool = False) -> float:
+def check_real(name: str, value: object, *, positive: bool = False,
+               nonnegative: bool = False) -> float:
+    """`value` as a finite float (> 0 with `positive`, >= 0 with `nonnegative`)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__}")
     v = float(value)
@@ -44,7 +37,39 @@ def check_real(name: str, value: object, *, positive: bool = False) -> float:
         raise ValueError(f"{name} must be finite; got {value}")
     if positive and not v > 0:
         raise ValueError(f"{name} must be > 0; got {value}")
+    if nonnegative and not v >= 0:
+        raise ValueError(f"{name} must be >= 0; got {value}")
     return v
+
+
+def scalar_item(value: object) -> object:
+    """A one-element tensor as its Python number; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    return value
+
+
+def check_reals(name: str, value: object, length: int, what: str, *,
+                nonnegative: bool = False) -> list:
+    """A sequence (or tensor) of `length` finite reals, e.g. the aux loss's weights."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1).tolist()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{name} must be a sequence of {length} numbers {what}; got "
+                        f"{type(value).__name__}")
+    value = list(value)
+    if len(value) != length:
+        raise ValueError(f"{name} must hold {length} numbers {what}; got {len(value)}")
+    return [check_real(f"{name}[{i}]", scalar_item(v), nonnegative=nonnegative)
+            for i, v in enumerate(value)]
+
+
+def check_reduction(reduction: object) -> str:
+    return check_choice("reduction", reduction, REDUCTIONS)
+
+
+def check_backend(backend: object) -> str:
+    return check_choice("backend", backend, CHOICES)
 
 
 def check_emb_labels(emb: object, labels: object, *, check_labels: bool = True) -> None:

@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from .labels import windows_to_labels
+from .labels import merge_windows, to_python, windows_to_labels
 
 __all__ = [
     "detr_matched_spans",
@@ -77,35 +77,15 @@ def _check_device(t: Tensor, name: str, device: torch.device) -> None:
         raise ValueError(f"{name} must be on the device of emb ({device}); got {t.device}")
 
 
-def _plain(x: object) -> object:
-    """Tensors and NumPy arrays to (nested) Python lists; anything else unchanged."""
-    if isinstance(x, Tensor):
-        return x.detach().cpu().tolist()
-    if hasattr(x, "tolist") and not isinstance(x, (list, tuple, str, bytes)):
-        return x.tolist()
-    return x
-
-
 def _is_padding(window: object) -> bool:
     """``[inf, inf]``: the padding row of FlashVTG's ``extract_relevant_windows``."""
-    window = _plain(window)
+    window = to_python(window)
     if not isinstance(window, (list, tuple)) or len(window) != 2:
         return False
     try:
         return all(float(v) == math.inf for v in window)
     except (TypeError, ValueError):
         return False
-
-
-def _merge(windows: List[Tuple[float, float]]) -> List[Tuple[float, float]]:
-    """Sort by start, merge a window that starts before the previous one ends (as the labels)."""
-    merged: List[List[float]] = []
-    for st, ed in sorted(windows, key=lambda w: w[0]):
-        if merged and st < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], ed)
-        else:
-            merged.append([st, ed])
-    return [(st, ed) for st, ed in merged]
 
 
 def _snap_half(x: float) -> float:
@@ -197,7 +177,7 @@ def inputs_from_windows(
     if not math.isfinite(clip_len) or clip_len <= 0:
         raise ValueError(f"clip_len must be a finite number > 0; got {clip_len}")
 
-    windows_sec = _plain(windows_sec)
+    windows_sec = to_python(windows_sec)
     if isinstance(windows_sec, (str, bytes)) or not isinstance(windows_sec, (list, tuple)):
         raise TypeError(
             "windows_sec must be a list with one list of [start, end] pairs (seconds) per "
@@ -209,7 +189,7 @@ def inputs_from_windows(
         )
     samples = []
     for sample in windows_sec:
-        sample = _plain(sample)
+        sample = to_python(sample)
         if isinstance(sample, (list, tuple)):
             sample = [w for w in sample if not _is_padding(w)]
         samples.append(sample)
@@ -265,7 +245,7 @@ def inputs_from_windows(
     pred_spans = torch.stack((a - pred_offsets[..., 0], a + pred_offsets[..., 1]), dim=-1)
 
     # table[b, w] = merged window w (w >= 1) of sample b, in offset_unit; row 0 unused
-    merged = [_merge([(float(st), float(ed)) for st, ed in (_plain(w) for w in s)])
+    merged = [merge_windows([(float(st), float(ed)) for st, ed in (to_python(w) for w in s)])
               for s in samples]
     width = max((len(m) for m in merged), default=0) + 1
     table = torch.zeros((B, width, 2), dtype=torch.float64)

@@ -7,16 +7,16 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from . import _backends, reference
+from . import backends
 from ._checks import (
-    BACKENDS,
-    REDUCTIONS,
+    check_backend,
     check_boundary_options,
-    check_choice,
     check_clip_options,
     check_emb_labels,
+    check_reduction,
 )
-from ._custom_ops import NEGATIVE_CODES, POSITIVE_CODES
+from ._options import NEGATIVE_CODES, POSITIVE_CODES, FusedOptions
+from .backends import reference
 
 
 def _reduce(loss: Tensor, has: Tensor, reduction: str) -> Tensor:
@@ -29,63 +29,27 @@ def _reduce(loss: Tensor, has: Tensor, reduction: str) -> Tensor:
     return total / has.sum().clamp_min(1)  # int64 count: promoted to the loss dtype
 
 
-class _FirstOrderOnly(torch.autograd.Function):
-    """Identity on ``emb`` whose backward cannot be differentiated again: the reference gives
-    the same clear error on double backward as the fused backends (SPEC.md)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        return grad
+def _options(k=0, tau=1.0, positives="any", negatives="cross", radius=1, margin_max=0.3,
+             margin_base=0.1, margin_scale=0.1, want_clip=True, want_boun=True) -> FusedOptions:
+    """The checked options as the backends take them (codes for the option names)."""
+    return FusedOptions(k, float(tau), POSITIVE_CODES[positives], NEGATIVE_CODES[negatives],
+                        radius, float(margin_max), float(margin_base), float(margin_scale),
+                        want_clip, want_boun)
 
 
-def _first_order_only(emb: Tensor) -> Tensor:
-    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and emb.requires_grad):
-        return emb
-    return _FirstOrderOnly.apply(emb)
-
-
-def _per_sample(emb, labels, backend, *, k, tau, positives, negatives, radius, margin_max,
-                margin_base, margin_scale, want_clip, want_boun):
+def _per_sample(emb: Tensor, labels: Tensor, backend: str, opts: FusedOptions):
     """(clip_loss, clip_has, boun_loss, boun_has) per sample from the chosen backend."""
-    name = _backends.resolve(backend, emb.device)
-    if name == "reference":
-        with torch.autocast(emb.device.type, enabled=False):  # SPEC.md: float32 compute
-            return _reference_per_sample(
-                _first_order_only(emb), labels.to(torch.int64), k=k, tau=tau, positives=positives,
-                negatives=negatives, radius=radius, margin_max=margin_max,
-                margin_base=margin_base, margin_scale=margin_scale, want_clip=want_clip,
-                want_boun=want_boun)
-    ops = _backends.fused_ops(name)
-    lc, hc, lb, hb, *_ = ops.call(
-        emb, labels, k, float(tau), POSITIVE_CODES[positives], NEGATIVE_CODES[negatives],
-        radius, float(margin_max), float(margin_base), float(margin_scale), want_clip, want_boun)
-    return lc, hc, lb, hb
-
-
-def _reference_per_sample(emb, labels, *, k, tau, positives, negatives, radius, margin_max,
-                          margin_base, margin_scale, want_clip, want_boun):
-    if want_clip and want_boun:
-        return reference.clip_boundary_losses(
-            emb, labels, k=k, tau=tau, positives=positives, negatives=negatives, radius=radius,
-            margin_max=margin_max, margin_base=margin_base, margin_scale=margin_scale)
-    if want_clip:
-        lc, hc = reference.clip_pair_losses(emb, labels, k=k, tau=tau, positives=positives,
-                                            negatives=negatives)
-        return lc, hc, None, None
-    lb, hb = reference.boundary_margin_losses(emb, labels, radius=radius, margin_max=margin_max,
-                                              margin_base=margin_base, margin_scale=margin_scale)
-    return None, None, lb, hb
+    name = backends.resolve(backend, emb.device)
+    if name == reference.NAME:
+        return reference.per_sample(emb, labels, opts)
+    out = backends.fused_ops(name).call(emb, labels, opts)
+    return out.loss_clip, out.has_clip, out.loss_boun, out.has_boun
 
 
 def clip_pair_loss(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.07,
                    positives: str = "any", negatives: str = "cross", reduction: str = "mean",
                    backend: str = "auto", check_labels: bool = True) -> Tensor:
-    """Clip-pair similarity loss ``L_clip`` with top-k hard negatives (SPEC.md section 1).
+    """Clip-pair similarity loss ``L_clip`` with top-k hard negatives (docs/losses.md, section 1).
 
     Args:
         emb: ``[B, T, D]`` clip embeddings (float16, bfloat16, float32 or float64).
@@ -106,11 +70,10 @@ def clip_pair_loss(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.0
     """
     check_emb_labels(emb, labels, check_labels=check_labels)
     check_clip_options(k, tau, positives, negatives)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("backend", backend, BACKENDS)
-    lc, hc, _, _ = _per_sample(emb, labels, backend, k=k, tau=tau, positives=positives,
-                               negatives=negatives, radius=1, margin_max=0.3, margin_base=0.1,
-                               margin_scale=0.1, want_clip=True, want_boun=False)
+    check_reduction(reduction)
+    check_backend(backend)
+    opts = _options(k, tau, positives, negatives, want_boun=False)
+    lc, hc, _, _ = _per_sample(emb, labels, backend, opts)
     return _reduce(lc, hc, reduction)
 
 
@@ -118,7 +81,8 @@ def boundary_margin_loss(emb: Tensor, labels: Tensor, *, radius: int = 1,
                          margin_max: float = 0.3, margin_base: float = 0.1,
                          margin_scale: float = 0.1, reduction: str = "mean",
                          backend: str = "auto", check_labels: bool = True) -> Tensor:
-    """Boundary margin loss ``L_boun`` around each window's start, centre and end (SPEC.md 2).
+    """Boundary margin loss ``L_boun`` around each window's start, centre and end
+    (docs/losses.md, section 2).
 
     Args:
         emb, labels: as for :func:`clip_pair_loss`.
@@ -129,12 +93,11 @@ def boundary_margin_loss(emb: Tensor, labels: Tensor, *, radius: int = 1,
     """
     check_emb_labels(emb, labels, check_labels=check_labels)
     check_boundary_options(radius, margin_max, margin_base, margin_scale)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("backend", backend, BACKENDS)
-    _, _, lb, hb = _per_sample(emb, labels, backend, k=0, tau=1.0, positives="any",
-                               negatives="cross", radius=radius, margin_max=margin_max,
-                               margin_base=margin_base, margin_scale=margin_scale,
-                               want_clip=False, want_boun=True)
+    check_reduction(reduction)
+    check_backend(backend)
+    opts = _options(radius=radius, margin_max=margin_max, margin_base=margin_base,
+                    margin_scale=margin_scale, want_clip=False)
+    _, _, lb, hb = _per_sample(emb, labels, backend, opts)
     return _reduce(lb, hb, reduction)
 
 
@@ -148,12 +111,10 @@ def clip_boundary_losses(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float
     check_emb_labels(emb, labels, check_labels=check_labels)
     check_clip_options(k, tau, positives, negatives)
     check_boundary_options(radius, margin_max, margin_base, margin_scale)
-    check_choice("reduction", reduction, REDUCTIONS)
-    check_choice("backend", backend, BACKENDS)
-    lc, hc, lb, hb = _per_sample(emb, labels, backend, k=k, tau=tau, positives=positives,
-                                 negatives=negatives, radius=radius, margin_max=margin_max,
-                                 margin_base=margin_base, margin_scale=margin_scale,
-                                 want_clip=True, want_boun=True)
+    check_reduction(reduction)
+    check_backend(backend)
+    opts = _options(k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale)
+    lc, hc, lb, hb = _per_sample(emb, labels, backend, opts)
     return _reduce(lc, hc, reduction), _reduce(lb, hb, reduction)
 
 
@@ -167,15 +128,14 @@ def hard_negative_pairs(emb: Tensor, labels: Tensor, *, k: int = 20, positives: 
     """
     check_emb_labels(emb, labels, check_labels=check_labels)
     check_clip_options(k, 1.0, positives, negatives)
-    check_choice("backend", backend, BACKENDS)
-    name = _backends.resolve(backend, emb.device)
+    check_backend(backend)
+    name = backends.resolve(backend, emb.device)
     with torch.no_grad():
-        if name == "reference":
+        if name == reference.NAME:
             return reference.hard_negative_pairs(emb, labels.to(torch.int64), k=k,
                                                  positives=positives, negatives=negatives)
-        ops = _backends.fused_ops(name)
-        pairs = ops.call(emb, labels, k, 1.0, POSITIVE_CODES[positives],
-                            NEGATIVE_CODES[negatives], 1, 0.3, 0.1, 0.1, True, False)[6]
+        opts = _options(k, 1.0, positives, negatives, want_boun=False)
+        pairs = backends.fused_ops(name).call(emb, labels, opts).pairs
     B, T = labels.shape
     out = torch.full((B, k, 2), -1, dtype=torch.int64, device=emb.device)
     n = pairs.shape[1]

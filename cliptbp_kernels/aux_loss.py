@@ -1,58 +1,10 @@
-"""Auxiliary boundary loss ``L_b_aux`` (SPEC.md section 3), plain PyTorch."""
-
-import math
-import numbers
+"""Auxiliary boundary loss ``L_b_aux`` (docs/losses.md, section 3), plain PyTorch."""
 
 import torch
 
+from ._checks import check_real, check_reals, check_reduction, scalar_item
+
 __all__ = ["boundary_aux_loss"]
-
-_REDUCTIONS = ("none", "sum", "mean")
-
-
-def _is_compiling():
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling"):
-        return compiler.is_compiling()
-    return False
-
-
-def _check_weights(weights):
-    if isinstance(weights, torch.Tensor):
-        weights = weights.detach().cpu().reshape(-1).tolist()
-    if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
-        raise TypeError(
-            "weights must be a sequence of 4 numbers (ws, we, wc, wl), got "
-            f"{type(weights).__name__}"
-        )
-    weights = list(weights)
-    if len(weights) != 4:
-        raise ValueError(
-            f"weights must hold 4 numbers (ws, we, wc, wl), got {len(weights)}"
-        )
-    out = []
-    for w in weights:
-        if isinstance(w, torch.Tensor) and w.numel() == 1:
-            w = w.item()
-        if isinstance(w, bool) or not isinstance(w, numbers.Real):
-            raise TypeError(f"weights must be real numbers, got {w!r}")
-        w = float(w)
-        if not math.isfinite(w) or w < 0:
-            raise ValueError(f"weights must be finite and >= 0, got {weights!r}")
-        out.append(w)
-    return out
-
-
-def _check_beta(beta):
-    if isinstance(beta, torch.Tensor) and beta.numel() == 1:
-        beta = beta.item()
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real):
-        raise TypeError(f"beta must be a real number, got {type(beta).__name__}")
-    beta = float(beta)
-    if not math.isfinite(beta) or beta < 0:
-        raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-    return beta
-
 
 def _smooth_l1(x, beta):
     ax = x.abs()  # the gradient of abs at exactly 0 is 0
@@ -112,14 +64,13 @@ def boundary_aux_loss(
             raise ValueError(
                 f"mask must be on the device of pred ({pred.device}), got {mask.device}"
             )
-        if mask.dtype != torch.bool and not _is_compiling():
+        if mask.dtype != torch.bool and not torch.compiler.is_compiling():
             m = mask.detach()
             if not bool(((m >= 0) & torch.isfinite(m)).all()):
                 raise ValueError("mask weights must be finite and >= 0")
-    ws, we, wc, wl = _check_weights(weights)
-    beta = _check_beta(beta)
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    ws, we, wc, wl = check_reals("weights", weights, 4, "(ws, we, wc, wl)", nonnegative=True)
+    beta = check_real("beta", scalar_item(beta), nonnegative=True)
+    check_reduction(reduction)
 
     if pred.dtype == torch.float64 or target.dtype == torch.float64:
         dtype = torch.float64

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import (
-    BACKENDS,
+    check_backend,
     check_boundary_options,
     check_choice,
     check_clip_options,
@@ -64,7 +64,7 @@ class ClipTBPLoss(nn.Module):
             check_real(name, w)
         check_clip_options(k, tau, positives, negatives)
         check_boundary_options(radius, margin_max, margin_base, margin_scale)
-        check_choice("backend", backend, BACKENDS)
+        check_backend(backend)
         check_choice("reduction", reduction, ("mean", "sum"))
         self.w_basic, self.w_clip, self.w_boun, self.w_aux = (
             float(w_basic), float(w_clip), float(w_boun), float(w_aux))
@@ -127,7 +127,8 @@ class ClipTBPLoss(nn.Module):
                     raise ValueError(f"basic must be a scalar loss; got shape {tuple(basic.shape)}")
                 l_basic = basic.reshape(()).to(total.dtype)
             else:
-                raise TypeError(f"basic must be a tensor or a dict of tensors; got {type(basic).__name__}")
+                raise TypeError("basic must be a tensor or a dict of tensors; got "
+                                f"{type(basic).__name__}")
             out["loss_basic"] = l_basic
             total = total + self.w_basic * l_basic
         out["loss"] = total

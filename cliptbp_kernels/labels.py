@@ -1,4 +1,4 @@
-"""Ground-truth windows in seconds to per-clip labels (SPEC.md, "From windows to labels")."""
+"""Ground-truth windows in seconds to per-clip labels (docs/losses.md, "From windows to labels")."""
 
 import math
 import numbers
@@ -9,7 +9,8 @@ import torch
 __all__ = ["windows_to_labels"]
 
 
-def _to_list(x):
+def to_python(x):
+    """Tensors and NumPy arrays to (nested) Python lists; anything else unchanged."""
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().tolist()
     if hasattr(x, "tolist") and not isinstance(x, (list, tuple)):  # numpy arrays
@@ -43,14 +44,14 @@ def _as_seconds(x, where):
 
 
 def _check_windows(sample, b):
-    sample = _to_list(sample)
+    sample = to_python(sample)
     if isinstance(sample, (str, bytes)) or not isinstance(sample, (list, tuple)):
         raise TypeError(
             f"windows[{b}] must be a list of [start, end] pairs, got {type(sample).__name__}"
         )
     out = []
     for w, window in enumerate(sample):
-        window = _to_list(window)
+        window = to_python(window)
         if isinstance(window, (str, bytes)) or not isinstance(window, (list, tuple)):
             raise TypeError(
                 f"windows[{b}][{w}] must be a [start, end] pair, got {type(window).__name__}"
@@ -68,14 +69,15 @@ def _check_windows(sample, b):
 
 
 def merge_windows(windows):
-    """Sort by start and merge overlapping windows (``start < previous end``)."""
+    """Sort by start and merge a window that starts before the previous one ends
+    (``start < previous end``): the windows the labels number 1, 2, ... as (start, end)."""
     merged = []
     for st, ed in sorted(windows, key=lambda w: w[0]):
         if merged and st < merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], ed)
         else:
             merged.append([st, ed])
-    return merged
+    return [(st, ed) for st, ed in merged]
 
 
 def _clip_holding(t, clip_len):
@@ -125,7 +127,7 @@ def windows_to_labels(windows, num_clips, clip_len=2.0):
         LongTensor ``[B, max(num_clips)]``: ``0`` background, ``w >= 1`` the ``w``-th merged
         window (in start order), ``-1`` past a sample's last clip.
     """
-    windows = _to_list(windows)
+    windows = to_python(windows)
     if isinstance(windows, (str, bytes)) or not isinstance(windows, (list, tuple)):
         raise TypeError(
             f"windows must be a list with one list of [start, end] pairs per sample, got "
@@ -134,7 +136,7 @@ def windows_to_labels(windows, num_clips, clip_len=2.0):
     B = len(windows)
     if isinstance(num_clips, torch.Tensor) and num_clips.dim() == 0:
         num_clips = num_clips.item()
-    num_clips = _to_list(num_clips)
+    num_clips = to_python(num_clips)
     if isinstance(num_clips, (list, tuple)):
         if len(num_clips) != B:
             raise ValueError(

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Staged GPU check (DESIGN.md, "The GPU check"). Each stage stays well under 10 minutes and
+# Staged GPU check (README.md, "Benchmarks (CPU)", and docs/testing.md). Each stage stays well under 10 minutes and
 # writes its logs and results to $OUT as it goes, so any one call returns something useful.
 #
 #   bash scripts/gpu_check.sh all                 # build smoke tests sanitizer bench
@@ -15,7 +15,7 @@
 #   smoke      one call per available backend (triton included) on CUDA tensors,
 #              determinism, TF32 off,
 #              the CUDA module's runtime (scripts/gpu_smoke.py)
-#   gputests   the GPU tests (tests/test_gpu.py: every GPU backend against SPEC.md, and the
+#   gputests   the GPU tests (tests/test_gpu.py: every GPU backend against docs/losses.md, and the
 #              API / custom-op tests that use CUDA), with the Triton kernels compiled
 #              (TRITON_INTERPRET=0), in parallel workers when pytest-xdist is installed
 #   tests      gputests, then the whole suite (TRITON_INTERPRET=0)

@@ -13,7 +13,7 @@ per backend and shape (least GPU time, else least wall clock) to OUT/tune.json. 
 stops starting cases once --budget-s seconds have passed, so one call stays under the GPU
 check's 10-minute cap; what ran is kept.
 
-The defaults in cliptbp_kernels/_triton_backend.py (_Blocks) and _cuda_backend.py
+The defaults in cliptbp_kernels/backends/triton/blocks.py (_Blocks) and backends/cuda.py
 (col_chunk) are to be set from tune.json; nothing is applied automatically.
 """
 

@@ -157,10 +157,10 @@ report_logs() {
 "$PY" - <<'PYEOF'
 import os
 import cliptbp_kernels._C_cpu as m
-from cliptbp_kernels import _cpu_backend
+from cliptbp_kernels.backends import cpu as _cpu_backend
 want = os.path.realpath(os.environ["CLIPTBP_SANITIZED_CPU_MODULE"])
 assert os.path.realpath(m.__file__) == want, (m.__file__, want)
-assert _cpu_backend._ext is m, "cliptbp_kernels._cpu_backend did not pick up the sanitized module"
+assert _cpu_backend._ext is m, "cliptbp_kernels.backends.cpu did not pick up the sanitized module"
 with open("/proc/self/maps") as f:
     assert "libasan" in f.read(), "the AddressSanitizer runtime is not loaded"
 print(f"sanitize.sh: cliptbp_kernels._C_cpu = {m.__file__} (tiles: {m.simd_level()})")

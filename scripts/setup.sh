@@ -21,11 +21,12 @@ fi
 
 if [ "${CLIPTBP_SETUP_SKIP_DEPS:-0}" != "1" ]; then
   echo "setup.sh: installing dependencies into $VENV"
-  # torch pinned to the CPU wheel on this machine's index; triton 3.6 needs numpy < 2.4.
+  # torch pinned to the CPU wheel on this machine's index; triton 3.6 needs numpy < 2.4; ruff
+  # is the linter scripts/test.sh runs.
   "$PY" -m pip install -q \
     "torch==2.13.0" "triton==3.6.0" "numpy<2.4" \
     pybind11 ninja cmake setuptools wheel \
-    pytest pytest-benchmark hypothesis tqdm matplotlib
+    pytest pytest-benchmark hypothesis tqdm matplotlib ruff
 fi
 
 echo "setup.sh: building cliptbp_kernels (editable)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), run the test suite and the benchmark checks, then the CPU kernel
-# tests again against an AddressSanitizer + UndefinedBehaviorSanitizer build of the kernels
-# (scripts/sanitize.sh). Exits non-zero if either part fails.
+# Set up (scripts/setup.sh), lint (ruff, configured in pyproject.toml), run the test suite and
+# the benchmark checks, then the CPU kernel tests again against an AddressSanitizer +
+# UndefinedBehaviorSanitizer build of the kernels (scripts/sanitize.sh). Exits non-zero if any
+# part fails.
 # Extra arguments go to pytest, e.g. scripts/test.sh -x -k clip_pair
 #
 #   CLIPTBP_TEST_SANITIZE=auto (default): run the sanitizer step when no pytest arguments are
@@ -19,12 +20,20 @@ bash scripts/setup.sh
 took "setup" "$T0"
 
 rc=0
+echo "test.sh: ruff check"
+if ! .venv/bin/ruff check .; then
+  echo "test.sh: ruff check FAILED" >&2
+  rc=1
+fi
+
 t=$SECONDS
-.venv/bin/python -m pytest -q tests bench "$@" || rc=$?
+prc=0
+.venv/bin/python -m pytest -q tests bench "$@" || prc=$?
 took "pytest" "$t"
-if [ "$rc" -eq 5 ]; then
+if [ "$prc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: treating that as a failure" >&2
 fi
+[ "$prc" -eq 0 ] || rc=$prc
 
 sanitize="${CLIPTBP_TEST_SANITIZE:-auto}"
 if [ "$sanitize" = "auto" ]; then

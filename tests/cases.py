@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 import cliptbp_kernels as ck
-from cliptbp_kernels import reference
+from cliptbp_kernels.backends import reference
 
 # Per-sample label patterns, each a function (T, generator) -> LongTensor [T].
 
@@ -113,7 +113,7 @@ def per_sample_value_and_grad(backend, emb, labels, **opts):
 
 
 def spec_eval(emb, labels, **opts):
-    """The float64 evaluation of SPEC.md (the reference run in float64)."""
+    """The float64 evaluation of docs/losses.md (the reference run in float64)."""
     return per_sample_value_and_grad("reference", emb.double(), labels, **opts)
 
 
@@ -147,7 +147,7 @@ def assert_grads_close(got, ref, what, rtol=1e-4, atol=1e-6):
 
 
 def check_against_spec(backend, emb, labels, grad_rtol=1e-4, **opts):
-    """Per-sample values and gradient of `backend` against the float64 evaluation of SPEC.md,
+    """Per-sample values and gradient of `backend` against the float64 evaluation of docs/losses.md,
     and their dtypes; returns (L_clip, L_boun, grad)."""
     lc, lb, g = per_sample_value_and_grad(backend, emb, labels, **opts)
     rc, rb, rg = spec_eval(emb, labels, **opts)
@@ -169,7 +169,7 @@ def ref_pairs(emb, labels, k=20, positives="any", negatives="cross"):
 
 
 def expected_lists(labels: torch.Tensor, inv: torch.Tensor):
-    """Per sample, from SPEC.md: GT clips in (label, clip) order, valid clips in order, the
+    """Per sample, from docs/losses.md: GT clips in (label, clip) order, valid clips in order, the
     windows (js, je, centre) in label order, and whether a valid clip is non-finite."""
     out = []
     for lab, iv in zip(labels.tolist(), inv.tolist()):
@@ -188,13 +188,13 @@ def check_prep(labels: torch.Tensor, inv: torch.Tensor):
     """The Triton backend's index lists (`_prep_kernel`, on the tensors' device: interpreted
     on the CPU, compiled on a GPU) against `expected_lists`, with and without the list of valid
     clips (the backward's variant). On the CPU with the block sizes the launchers would use
-    there (`TB.interpreter_sizes`)."""
-    from cliptbp_kernels import _triton_backend as TB
+    there (`interpreter_sizes`)."""
+    from cliptbp_kernels.backends.triton import interpreter_sizes, launch
 
     expected = expected_lists(labels.cpu(), inv.cpu())
-    interp = labels.device.type == "cpu" and TB.interpreter_sizes()
+    interp = labels.device.type == "cpu" and interpreter_sizes()
     for valid_rows in (True, False):
-        prep = TB._Prep(labels, inv, interp, valid_rows=valid_rows)
+        prep = launch._Prep(labels, inv, interp, valid_rows=valid_rows)
         assert (prep.rows_valid is not None) == valid_rows
         for b, (gt, valid, wins, bad) in enumerate(expected):
             ng, nv, nw = int(prep.ng[b]), int(prep.nvalid[b]), int(prep.nwin[b])

@@ -1,4 +1,4 @@
-"""A deliberately naive float64 evaluation of SPEC.md sections 1 and 2.
+"""A deliberately naive float64 evaluation of docs/losses.md, sections 1 and 2.
 
 Plain Python loops over samples, pairs and windows, numpy only for storage. It shares no code
 with the backends and is meant for small inputs (T up to about 40).

@@ -6,10 +6,12 @@ import warnings
 
 import pytest
 import torch
+from cases import make_batch
 
 import cliptbp_kernels as ck
-from cliptbp_kernels import _backends, _cuda_backend, _triton_backend
-from cases import make_batch
+from cliptbp_kernels import backends as _backends
+from cliptbp_kernels.backends import cuda as _cuda_backend
+from cliptbp_kernels.backends import triton as _triton_backend
 
 BACKENDS = ck.available_backends("cpu")
 FUNCS = {
@@ -99,7 +101,7 @@ def test_devices_must_match():
 
 
 def test_auto_falls_back_to_reference_once(monkeypatch):
-    monkeypatch.setattr(_backends, "_AUTO_ORDER", {"cpu": ()})
+    monkeypatch.setattr(_backends, "AUTO_ORDER", {"cpu": ()})
     monkeypatch.setattr(_backends, "_warned_fallback", set())
     emb, labels = good()
     with pytest.warns(RuntimeWarning, match="falling back to the PyTorch reference"):
@@ -148,7 +150,7 @@ def test_triton_limits_raise_before_any_kernel():
     emb = torch.randn(1, 8, 4)
     labels = torch.zeros(1, 8, dtype=torch.long)
     labels[0, :2] = 1
-    from cliptbp_kernels._triton_backend import MAX_K, MAX_T, check_limits
+    from cliptbp_kernels.backends.triton import MAX_K, MAX_T, check_limits
     with pytest.raises(ValueError, match=f"k up to {MAX_K}"):
         check_limits(2000, MAX_K + 1)
     check_limits(2000, MAX_K)  # the limit itself is served

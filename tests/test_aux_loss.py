@@ -1,4 +1,4 @@
-"""Auxiliary boundary loss L_b_aux (SPEC.md section 3)."""
+"""Auxiliary boundary loss L_b_aux (docs/losses.md, section 3)."""
 
 import math
 
@@ -10,7 +10,7 @@ from cliptbp_kernels.aux_loss import boundary_aux_loss
 
 
 def sl1(x, beta):
-    """Smooth L1 of one Python float, straight from SPEC.md."""
+    """Smooth L1 of one Python float, straight from docs/losses.md."""
     if beta == 0:
         return abs(x)
     return 0.5 * x * x / beta if abs(x) < beta else abs(x) - 0.5 * beta

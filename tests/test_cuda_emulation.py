@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import cliptbp_kernels as ck
-from cliptbp_kernels import _cuda_backend
+from cliptbp_kernels.backends import cuda as _cuda_backend
 
 pytestmark = pytest.mark.skipif(
     "cuda" not in ck.available_backends("cpu") or _cuda_backend._emu is None,
@@ -73,7 +73,7 @@ def test_thread_order_does_not_change_results(case):
     assert mod.switches() > before  # the kernels really ran emulated
     for a, b in zip(first, second):
         assert torch.equal(a, b), (a, b)
-    # and the result is the CPU backend's (within SPEC.md's bound; values, not bits)
+    # and the result is the CPU backend's (within docs/losses.md's bound; values, not bits)
     ref = ck.clip_boundary_losses(emb, lab, reduction="none", backend="cpu", **opts)
     tol = 1e-4 if dtype in (torch.float32, torch.float64) else 2e-2
     for got, want in zip(first[:2], ref):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import PATTERNS, make_batch, per_sample_value_and_grad
 
 import cliptbp_kernels as ck
-from cliptbp_kernels import _backends, _cpu_backend
-from cliptbp_kernels._custom_ops import FusedOps
-from cases import PATTERNS, make_batch, per_sample_value_and_grad
+from cliptbp_kernels import backends as _backends
+from cliptbp_kernels._options import FusedOptions, FusedOutputs, kcap_for
+from cliptbp_kernels.backends import cpu as _cpu_backend
 
 FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
 pytestmark = pytest.mark.skipif(not FUSED, reason="no fused backend built")
@@ -72,7 +73,7 @@ def test_cpu_kernels_write_every_output_element():
     labels = labels.contiguous()
     B, T = labels.shape
     for opts in OPTS:
-        clean = _cpu_backend.forward(emb, labels, opts)
+        clean = _cpu_backend.forward(emb, labels, FusedOptions(*opts), kcap_for(opts[0], T))
         poisoned = []
         for t in clean:
             p = torch.empty_like(t)
@@ -83,7 +84,7 @@ def test_cpu_kernels_write_every_output_element():
             else:
                 p.fill_(-12345)
             poisoned.append(p)
-        _cpu_backend.forward_into(emb, labels, opts, tuple(poisoned))
+        _cpu_backend.forward_into(emb, labels, FusedOptions(*opts), FusedOutputs(*poisoned))
         for a, b in zip(clean, poisoned):
             assert torch.equal(a, b)
         # backward into a poisoned gradient buffer
@@ -94,8 +95,8 @@ def test_cpu_kernels_write_every_output_element():
             *_cpu_backend._view_args(emb, labels), opts, g.data_ptr(), g.data_ptr(),
             hc.data_ptr(), hb.data_ptr(), lse.data_ptr(), neg.data_ptr(), pairs.data_ptr(),
             pairs.shape[1], inv.data_ptr(), grad.data_ptr(), 2)
-        expect = _cpu_backend.backward(emb, labels, opts, g, g, hc.bool(), hb.bool(), lse, neg,
-                                       pairs, inv)
+        expect = _cpu_backend.OPS.run_backward(emb, labels, opts, g, g,
+                                               (hc.bool(), hb.bool(), lse, neg, pairs, inv))
         assert torch.equal(grad, expect)
 
 
@@ -198,8 +199,8 @@ def test_eager_path_only_where_safe(backend, monkeypatch):
             return fn(*args)
         return wrapped
 
-    monkeypatch.setattr(_backends, "fused_ops", lambda name: FusedOps(
-        spy("custom", ops.forward), ops.backward, spy("eager", ops.eager)))
+    monkeypatch.setattr(_backends, "fused_ops", lambda name: ops._replace(
+        forward=spy("custom", ops.forward), eager=spy("eager", ops.eager)))
     emb, labels = make_batch(2, 12, 4, ["windows"], seed=8)
 
     def losses(e, lab):

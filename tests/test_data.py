@@ -1,4 +1,5 @@
-"""Data loaders (cliptbp_kernels.data): items, collate, truncation, errors, real annotations."""
+"""Data loaders (cliptbp_kernels.pipeline.data): items, collate, truncation, errors, real
+annotations."""
 
 import json
 import math
@@ -8,10 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from cliptbp_kernels.data import (QVH_VIDEO, DataError, FeatureSpec, MomentDataset,
-                                  collate, load_qvhighlights, load_tacos, read_annotations)
 from cliptbp_kernels.labels import windows_to_labels
-from cliptbp_kernels.synthetic import generate
+from cliptbp_kernels.pipeline.data import (
+    QVH_VIDEO,
+    DataError,
+    FeatureSpec,
+    MomentDataset,
+    collate,
+    load_qvhighlights,
+    load_tacos,
+    read_annotations,
+)
+from cliptbp_kernels.pipeline.synthetic import generate
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -1,4 +1,5 @@
-"""Tests of cliptbp_kernels.eval (QVHighlights evaluation protocol) on hand-computed cases."""
+"""Tests of cliptbp_kernels.pipeline.eval (QVHighlights evaluation protocol) on hand-computed
+cases."""
 
 import json
 import re
@@ -9,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptbp_kernels.eval import (
+from cliptbp_kernels.pipeline.eval import (
     EvalInputError,
     evaluate,
     load_jsonl,
@@ -369,8 +370,9 @@ def test_cli_end_to_end(tmp_path):
     write_jsonl(tmp_path / "gt.jsonl", ground_truth)
     out = tmp_path / "res" / "metrics.json"
     r = subprocess.run(
-        [sys.executable, "-m", "cliptbp_kernels.eval", "--submission", str(tmp_path / "sub.jsonl"),
-         "--gt", str(tmp_path / "gt.jsonl"), "--out", str(out)],
+        [sys.executable, "-m", "cliptbp_kernels.pipeline.eval",
+         "--submission", str(tmp_path / "sub.jsonl"), "--gt", str(tmp_path / "gt.jsonl"),
+         "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     metrics = json.loads(out.read_text())

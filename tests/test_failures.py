@@ -13,10 +13,10 @@ import textwrap
 
 import pytest
 import torch
+from cases import make_batch, per_sample_value_and_grad
 
 import cliptbp_kernels as ck
-from cliptbp_kernels import _cpu_backend
-from cases import make_batch, per_sample_value_and_grad
+from cliptbp_kernels.backends import cpu as _cpu_backend
 
 HAS_CPU = _cpu_backend.available()
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="the CPU extension is not built")

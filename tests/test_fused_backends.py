@@ -1,4 +1,4 @@
-"""Every fused backend against a float64 evaluation of SPEC.md: values, gradients, pairs."""
+"""Every fused backend against a float64 evaluation of docs/losses.md: values, gradients, pairs."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import itertools
 
 import pytest
 import torch
-
-import cliptbp_kernels as ck
 from cases import (
     PATTERNS,
     check_against_spec,
@@ -18,6 +16,8 @@ from cases import (
     sample_grad_error,
     spec_eval,
 )
+
+import cliptbp_kernels as ck
 
 FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
 OPTION_GRID = [
@@ -116,8 +116,8 @@ def test_hard_negative_pairs(backend, opts, dtype):
 @pytest.mark.parametrize("backend", FUSED)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_twice_reference_error(backend, dtype):
-    # SPEC.md: error vs float64 at most twice the PyTorch reference's own error in that dtype,
-    # plus 1e-3
+    # docs/losses.md: error vs float64 at most twice the PyTorch reference's own error in that
+    # dtype, plus 1e-3
     emb, labels = make_batch(6, 60, 32, ALL_PATTERNS, seed=9, dtype=dtype)
     rc, rb, rg = spec_eval(emb, labels)
     lc, lb, g = per_sample_value_and_grad(backend, emb, labels)

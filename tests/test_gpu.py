@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import cliptbp_kernels as ck
 from cases import (
     PATTERNS,
     assert_grads_close,
@@ -14,6 +12,8 @@ from cases import (
     per_sample_value_and_grad,
     spec_eval,
 )
+
+import cliptbp_kernels as ck
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -175,7 +175,7 @@ def test_gpu_ceilings_script_measures_the_card(tmp_path):
 @pytest.mark.skipif("triton" not in GPU_BACKENDS, reason="the Triton backend is not available")
 def test_triton_prep_lists_compiled_match_spec():
     """The compiled `_prep_kernel` (global-memory passes separated by barriers, which the
-    interpreter cannot test) against SPEC.md's lists: block edges, falling window ids (the
+    interpreter cannot test) against docs/losses.md's lists: block edges, falling window ids (the
     ranking), random labels, every clip its own window."""
     from cases import block_edge_labels, check_prep, random_labels
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cliptbp_kernels import _triton_backend
+from cliptbp_kernels.backends.triton import blocks as _triton_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 _spec = importlib.util.spec_from_file_location("gpu_tune", ROOT / "scripts" / "gpu_tune.py")

@@ -1,4 +1,4 @@
-"""windows_to_labels (SPEC.md, "From windows to labels"), by hand and on the real datasets."""
+"""windows_to_labels (docs/losses.md, section 6), by hand and on the real datasets."""
 
 import json
 import math

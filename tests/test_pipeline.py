@@ -9,17 +9,17 @@ import json
 import pytest
 import torch
 
-from cliptbp_kernels import compare
-from cliptbp_kernels.eval import evaluate, load_jsonl
-from cliptbp_kernels.model import (
+from cliptbp_kernels.pipeline import compare
+from cliptbp_kernels.pipeline.eval import evaluate, load_jsonl
+from cliptbp_kernels.pipeline.model import (
     MomentModel,
     basic_losses,
     clip_spans,
     predict_windows,
     target_spans,
 )
-from cliptbp_kernels.synthetic import generate
-from cliptbp_kernels.train import TrainConfig, main, train
+from cliptbp_kernels.pipeline.synthetic import generate
+from cliptbp_kernels.pipeline.train import TrainConfig, main, train
 
 TINY = dict(hidden=32, layers=1, heads=2, batch_size=16, eval_every=1, progress=False)
 

@@ -1,4 +1,4 @@
-"""Property-based tests: every fused backend against the float64 evaluation of SPEC.md on
+"""Property-based tests: every fused backend against the float64 evaluation of docs/losses.md on
 arbitrary shapes, labels, magnitudes and options (hypothesis).
 
 What is drawn: B 1..4, T 1..320 (mostly <= 16), D 1..128 (mostly <= 8); labels with padding
@@ -15,7 +15,7 @@ inputs it is itself checked against the loop oracle of tests/oracle.py). The flo
 *reference* is never used as the yardstick: for float32 inputs whose squares overflow or
 underflow float32 it is not meant to be accurate.
 
-Where SPEC.md lets a backend take either side, the comparison is skipped and counted:
+Where docs/losses.md lets a backend take either side, the comparison is skipped and counted:
 
 * ``rank_ambiguous``: the float64 gap between hard-negative ranks k and k+1 is <= 1e-6, so
   the chosen set may differ from the reference's. The backend's own set (from
@@ -44,23 +44,22 @@ from collections import defaultdict
 from pathlib import Path
 from typing import NamedTuple
 
+import oracle
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import note, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
-from hypothesis import given
 
 import cliptbp_kernels as ck
-import oracle
 
 FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
 pytestmark = pytest.mark.skipif(not FUSED, reason="no fused backend built")
 
 MAX_ID = 2**31 - 1
 NORM_EPS = 1e-8
-GAP = 1e-6  # SPEC.md: ranking ambiguity and hinge kink threshold
-RTOL, ATOL = 1e-4, 1e-6  # SPEC.md: float32 / float64 tolerance vs the float64 evaluation
+GAP = 1e-6  # docs/losses.md: ranking ambiguity and hinge kink threshold
+RTOL, ATOL = 1e-4, 1e-6  # docs/losses.md: float32 / float64 tolerance vs the float64 evaluation
 INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8)
 # Smallest tau drawn. float32: an error of ~1e-7 in s becomes ~1e-7 / tau in s / tau, so the
 # 1e-4 tolerance can be demanded down to tau ~ 0.003; float64 goes down to 1e-4, where a hard
@@ -604,7 +603,7 @@ def compare_with_spec(backend, case, test, low_precision=False):
     for has, val, grad in ((A.has_clip, lc, gc), (A.has_boun, lb, gb)):
         assert (val[~has] == 0).all() and (grad[~has] == 0).all()
 
-    # gradients are not compared across the kinks SPEC.md lets either side take
+    # gradients are not compared across the kinks docs/losses.md lets either side take
     grad_c_ok = ~A.norm_kink
     grad_b_ok = ~A.norm_kink & ~A.hinge_kink
     relaxed = 0
@@ -673,7 +672,7 @@ def compare_with_spec(backend, case, test, low_precision=False):
 @scaled(1.0)
 @given(case=cases())
 def test_matches_float64_spec(backend, case):
-    """Per-sample values and gradients within SPEC.md's tolerance of the float64
+    """Per-sample values and gradients within docs/losses.md's tolerance of the float64
     evaluation; hard negatives equal to the reference's where the ranking is unambiguous."""
     if not _sampled(backend, case):
         return
@@ -904,7 +903,7 @@ def test_zero_clip_gradient_with_cancelling_neighbours(backend):
     # A zero clip (norm below the 1e-8 floor) has gradient g_u / 1e-8 with g_u = sum_j c_j u_j.
     # Here the exact sum cancels (as many +1 as -1 neighbours, equal coefficients): the float64
     # row is ~1e-15, and float32 rounding of g_u (~7e-15) becomes ~7e-7 per zero clip, 1.0e-6
-    # for the sample: just above SPEC.md's absolute 1e-6, and the float32 *reference* is off
+    # for the sample: just above docs/losses.md's absolute 1e-6, and the float32 *reference* is off
     # by exactly as much. The properties allow the rounding slack (rounding_slack) there.
     labels = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]])
     emb = torch.tensor([1.0, 0.0, 1.0, 1.0, 1.0, -1.0, -1.0, -2.0, 0.0, -2.0, -1.0]).view(1, 11, 1)

@@ -1,4 +1,4 @@
-"""The PyTorch reference backend against the naive oracle of SPEC.md sections 1 and 2."""
+"""The PyTorch reference backend against the naive oracle of docs/losses.md, sections 1 and 2."""
 
 import itertools
 import math
@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from oracle import oracle_boundary, oracle_candidates, oracle_clip  # noqa: E402
 
-from cliptbp_kernels.reference import (  # noqa: E402
+from cliptbp_kernels.backends.reference import (  # noqa: E402
     boundary_margin_losses,
     clip_boundary_losses,
     clip_pair_losses,

@@ -14,10 +14,11 @@ import textwrap
 
 import pytest
 import torch
+from oracle import oracle_boundary, oracle_clip
 
 import cliptbp_kernels as ck
-from cliptbp_kernels._checks import MAX_T, check_emb_labels
-from oracle import oracle_boundary, oracle_clip
+from cliptbp_kernels._checks import check_emb_labels
+from cliptbp_kernels._options import MAX_T
 
 HAS_CPU = "cpu" in ck.available_backends("cpu")
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="the CPU extension is not built")
@@ -25,7 +26,7 @@ needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="the CPU extension is not bui
 # those of the real build.
 SANITIZED = bool(os.environ.get("CLIPTBP_SANITIZED_CPU_MODULE"))
 
-ID_MAX = 2**31 - 1  # the largest window id SPEC.md allows
+ID_MAX = 2**31 - 1  # the largest window id docs/losses.md allows
 
 
 def sparse_long_video(T, D, label_dtype, seed):

@@ -1,5 +1,5 @@
-"""Synthetic data sets (cliptbp_kernels.synthetic): reproducibility, idempotence, layout and
-statistics."""
+"""Synthetic data sets (cliptbp_kernels.pipeline.synthetic): reproducibility, idempotence,
+layout and statistics."""
 
 import json
 import math
@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cliptbp_kernels.data import load_qvhighlights, load_tacos, read_annotations
-from cliptbp_kernels.synthetic import generate, main
+from cliptbp_kernels.pipeline.data import load_qvhighlights, load_tacos, read_annotations
+from cliptbp_kernels.pipeline.synthetic import generate, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,9 +86,9 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--video-dims", "16"])
     # as a module
-    r = subprocess.run([sys.executable, "-m", "cliptbp_kernels.synthetic", "--out", str(out),
-                        "--variant", "tacos", "--train", "3", "--val", "2", "--video-dims",
-                        "16,8", "--text-dim", "4", "--seed", "1"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "cliptbp_kernels.pipeline.synthetic",
+                        "--out", str(out), "--variant", "tacos", "--train", "3", "--val", "2",
+                        "--video-dims", "16,8", "--text-dim", "4", "--seed", "1"], cwd=ROOT,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "already up to date" in r.stdout, r.stderr
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cliptbp_kernels import _triton_backend
+from cliptbp_kernels.backends import triton as _triton_backend
 
 pytestmark = pytest.mark.skipif(not _triton_backend.available(), reason="triton is not installed")
 

@@ -3,7 +3,7 @@
 column split and few merge steps; on a GPU the launchers tile much finer: 32 x 64 similarity
 tiles (16 x 16 in float64), up to 64 column splits per row tile, partial log-sum-exps and
 top-k lists merged in several steps, window gathers and pair recomputations in narrow column
-steps. These tests run those tilings against SPEC.md without a GPU. The interpreter does not
+steps. These tests run those tilings against docs/losses.md without a GPU. The interpreter does not
 model warps or registers: the GPU check (scripts/gpu_check.sh) still runs the compiled
 kernels."""
 
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import cliptbp_kernels as ck
 from cases import (
     block_edge_labels,
     check_against_spec,
@@ -22,7 +20,10 @@ from cases import (
     random_labels,
     ref_pairs,
 )
-from cliptbp_kernels import _triton_backend as TB
+
+import cliptbp_kernels as ck
+from cliptbp_kernels.backends import triton as TB
+from cliptbp_kernels.backends.triton import launch
 
 pytestmark = pytest.mark.skipif(
     TB.why_not(torch.device("cpu")) is not None,
@@ -37,13 +38,13 @@ def launches(monkeypatch):
     monkeypatch.setenv(TB.SIZES_ENV, "gpu")
     monkeypatch.delenv(TB.GPU_BLOCKS_ENV, raising=False)
     seen = []
-    run = TB._launch
+    run = launch._launch
 
     def spy(kernel, grid, *args, **meta):
         seen.append((kernel.__name__, grid, meta))
         return run(kernel, grid, *args, **meta)
 
-    monkeypatch.setattr(TB, "_launch", spy)
+    monkeypatch.setattr(launch, "_launch", spy)
     return seen
 
 

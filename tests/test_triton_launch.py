@@ -1,5 +1,5 @@
 """The Triton launchers' host side: the index lists built on the device by `_prep_kernel`
-against a plain Python construction from SPEC.md, and the host work of one forward and one
+against a plain Python construction from docs/losses.md, and the host work of one forward and one
 backward (kernel launches and torch ops: at B=32, T=75 the step is bound by it, not by the
 kernels).
 
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cases import block_edge_labels, check_prep, random_labels
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cases import block_edge_labels, check_prep, random_labels
-from cliptbp_kernels import _triton_backend as TB
+from cliptbp_kernels.backends import triton as TB
 
 pytestmark = pytest.mark.skipif(
     TB.why_not(torch.device("cpu")) is not None,
@@ -75,13 +75,12 @@ def test_host_work_of_one_step_is_bounded():
     emb = torch.randn(B, T, D)
     labels = random_labels(B, T, seed=0, sorted_ids=True)
     opts = (20, 0.07, 0, 0, 1, 0.3, 0.1, 0.1, True, True)
-    out = TB.forward(emb, labels, opts)  # real outputs for the backward below
+    out = TB.OPS.run_forward(emb, labels, opts)  # real outputs for the backward below
     with TB.record_launches() as fwd_launches, _CountOps() as fwd_ops:
-        TB.forward(emb, labels, opts)
+        TB.OPS.run_forward(emb, labels, opts)
     g = torch.ones(B, dtype=torch.float64)
-    has_c, has_b = out[1].bool(), out[3].bool()  # as the custom op hands them over
     with TB.record_launches() as bwd_launches, _CountOps() as bwd_ops:
-        TB.backward(emb, labels, opts, g, g, has_c, has_b, *out[4:])
+        TB.OPS.run_backward(emb, labels, opts, g, g, out.saved)
     assert len(fwd_launches) == 4 and len(bwd_launches) == 4
     for ops in (fwd_ops.ops, bwd_ops.ops):
         assert "aten._local_scalar_dense.default" not in ops
@@ -99,14 +98,13 @@ def test_upstream_gradients_are_read_in_place():
     labels = random_labels(3, 40, seed=5, sorted_ids=True)
     labels[:, 5:15] = 1
     opts = (20, 0.07, 0, 0, 1, 0.3, 0.1, 0.1, True, True)
-    out = TB.forward(emb, labels, opts)
-    flags = (out[1].bool(), out[3].bool())
+    out = TB.OPS.run_forward(emb, labels, opts)
     gc = torch.tensor(0.75).expand(3)  # stride 0, as from .mean() / .sum()
     gb = torch.tensor([0.5, -1.25, 2.0])[[2, 1, 0]][::1]
     assert gc.stride(0) == 0
-    got = TB.backward(emb, labels, opts, gc, gb, *flags, *out[4:])
-    want = TB.backward(emb, labels, opts, gc.double().contiguous(), gb.double().contiguous(),
-                       *flags, *out[4:])
+    got = TB.OPS.run_backward(emb, labels, opts, gc, gb, out.saved)
+    want = TB.OPS.run_backward(emb, labels, opts, gc.double().contiguous(),
+                               gb.double().contiguous(), out.saved)
     assert got.abs().sum() > 0 and torch.equal(got, want)
 
 
@@ -119,10 +117,10 @@ def test_backward_working_memory_is_32_bytes_per_clip():
     labels = random_labels(B, T, seed=3, sorted_ids=True)
     opts = (k, 0.07, 0, 0, 1, 0.3, 0.1, 0.1, True, True)
     with TB.record_launches():
-        out = TB.forward(emb, labels, opts)
+        out = TB.OPS.run_forward(emb, labels, opts)
     g = torch.ones(B, dtype=torch.float64)
     with TB.record_launches(), _CountOps() as alloc:
-        TB.backward(emb, labels, opts, g, g, out[1].bool(), out[3].bool(), *out[4:])
+        TB.OPS.run_backward(emb, labels, opts, g, g, out.saved)
     grad_bytes = emb.numel() * 4
     assert max(alloc.nbytes) == grad_bytes
     extra = sum(alloc.nbytes) - grad_bytes

@@ -1,9 +1,9 @@
 """Compile every Triton kernel the launchers would launch, for real GPU targets, on a machine
 without a GPU: the launchers run on CPU tensors with launches recorded instead of run
-(`_triton_backend.record_launches`), and each distinct (kernel, signature, constexprs) is
-compiled to a cubin with `triton.compile` for the targets given (default: sm_80 and sm_90).
-This catches what the interpreter cannot: type errors in branches, non-constexpr globals,
-dot shapes below 16, unsupported conversions. Each line also gives the variant's registers
+(`cliptbp_kernels.backends.triton.record_launches`), and each distinct (kernel, signature,
+constexprs) is compiled to a cubin with `triton.compile` for the targets given (default: sm_80
+and sm_90). This catches what the interpreter cannot: type errors in branches, non-constexpr
+globals, dot shapes below 16, unsupported conversions. Each line also gives the variant's registers
 per thread and stack frame (local memory: spilled registers) from `cuobjdump
 --dump-resource-usage` (the one Triton ships), when that tool is there.
 
@@ -24,14 +24,15 @@ import tempfile
 import time
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    sys.exit("triton_compile.py: unset TRITON_INTERPRET (kernels must be compiled, not interpreted)")
+    sys.exit("triton_compile.py: unset TRITON_INTERPRET (kernels must be compiled, not "
+             "interpreted)")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from cliptbp_kernels import _custom_ops, _triton_backend as TB  # noqa: E402
+from cliptbp_kernels.backends import triton as TB  # noqa: E402
 
 TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8",
@@ -78,10 +79,9 @@ def launches(dtypes, option_sets, shapes):
                 opts = (opt["k"], 0.07, opt["positives"], opt["negatives"], opt["radius"],
                         0.3, 0.1, 0.1, opt["want_clip"], opt["want_boun"])
                 with TB.record_launches() as rec:
-                    lc, hc, lb, hb, lse, lval, pairs, inv = TB.forward(emb, labels, opts)
+                    res = TB.OPS.run_forward(emb, labels, opts)
                     gz = torch.ones(B, dtype=torch.float64)
-                    TB.backward(emb, labels, opts, gz, gz, hc.bool(), hb.bool(), lse, lval, pairs,
-                                inv)
+                    TB.OPS.run_backward(emb, labels, opts, gz, gz, res.saved)
                 out.extend(rec)
     return out
 
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     archs = [int(a) for a in args.arch.split(",") if a]
     n = 0
     t0 = time.time()
-    for key, (kernel, sig, meta, num_warps) in seen.items():
+    for kernel, sig, meta, num_warps in seen.values():
         consts = {k: (v if not isinstance(v, torch.dtype) else v) for k, v in meta.items()}
         for cc in archs:
             t = time.time()

@@ -1,53 +1,62 @@
-"""Backend discovery and selection.
+"""The backends and the registry that chooses among them.
 
-| backend     | runs on                     | what it is                                      |
-|-------------|-----------------------------|-------------------------------------------------|
-| "reference" | any device                  | plain PyTorch, materialises T x T (the baseline) |
-| "cpu"       | CPU tensors                 | fused C++/OpenMP kernels (`_C_cpu`)             |
-| "triton"    | CUDA tensors (CPU tensors   | fused Triton kernels                            |
-|             | under TRITON_INTERPRET=1)   |                                                 |
-| "cuda"      | CUDA tensors (CPU tensors   | fused CUDA C++ kernels (`_C_cuda`; the CPU      |
-|             | under CLIPTBP_CUDA_EMULATE=1)| emulation `_C_cuda_emu` serves CPU tensors)    |
+| backend     | runs on                      | what it is                                       |
+|-------------|------------------------------|--------------------------------------------------|
+| "reference" | any device                   | plain PyTorch, materialises T x T (the baseline) |
+| "cpu"       | CPU tensors                  | fused C++/OpenMP kernels (`_C_cpu`)              |
+| "triton"    | CUDA tensors (CPU tensors    | fused Triton kernels                             |
+|             | under TRITON_INTERPRET=1)    |                                                  |
+| "cuda"      | CUDA tensors (CPU tensors    | fused CUDA C++ kernels (`_C_cuda`; the CPU       |
+|             | under CLIPTBP_CUDA_EMULATE=1)| emulation `_C_cuda_emu` serves CPU tensors)     |
 
-"auto" picks the fastest backend that can run on the input's device and falls back to
-"reference", with a one-time warning, when no fused backend can.
+Each backend module declares its `NAME`, `why_not(device)` (None when it can run on that
+device, else the reason) and `OPS` (its custom ops, `_ops.FusedOps`; None for the reference,
+which autograd differentiates). `AUTO_ORDER` is the order in which `"auto"` tries them per
+device type, fastest first as the benchmarks rank them; when none can run, `"auto"` falls back
+to the reference with a one-time warning. This package never imports the package's public
+modules.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import List, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Union
 
 import torch
 
-from . import _cpu_backend, _cuda_backend, _triton_backend
+from . import cpu, cuda, reference, triton
+from ._ops import FusedOps
 
-# Fastest first, per device type, as the benchmarks show. On CUDA tensors neither fused
-# backend has been measured on a GPU yet (bench/results/ holds no GPU run): Triton stays first
-# until the GPU benchmark (scripts/gpu_check.sh bench) says otherwise.
-_AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+
+class Backend(NamedTuple):
+    """A backend as the registry knows it."""
+
+    name: str
+    why_not: Callable[[torch.device], Optional[str]]
+    ops: Optional[FusedOps]
+
+
+REGISTRY: Dict[str, Backend] = {
+    m.NAME: Backend(m.NAME, m.why_not, m.OPS) for m in (reference, cpu, triton, cuda)
+}
+NAMES = tuple(REGISTRY)  # ("reference", "cpu", "triton", "cuda")
+CHOICES = ("auto",) + NAMES  # what `backend=` accepts
+
+# Fastest first, per device type. On CUDA tensors: Triton, then CUDA C++, until a GPU
+# benchmark ranks them (bench/results/ holds no GPU run yet).
+AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
 _warned_fallback: set = set()
 
 
-def _why_not(backend: str, device: torch.device) -> Optional[str]:
-    """None if `backend` can run on `device`, else the reason it cannot."""
-    if backend == "reference":
-        return None
-    if backend == "cpu":
-        if not _cpu_backend.available():
-            return ("the C++ extension cliptbp_kernels._C_cpu is not built "
-                    f"({_cpu_backend.IMPORT_ERROR}); reinstall with `pip install .`")
-        if device.type != "cpu":
-            return f"it runs on CPU tensors only, and the input is on {device}"
-        return None
-    if backend == "triton":
-        return _triton_backend.why_not(device)
-    if backend == "cuda":
-        return _cuda_backend.why_not(device)
-    return f"unknown backend {backend!r}"
+def why_not(name: str, device: torch.device) -> Optional[str]:
+    """None if backend `name` can run on `device`, else the reason it cannot."""
+    backend = REGISTRY.get(name)
+    if backend is None:
+        return f"unknown backend {name!r}"
+    return backend.why_not(device)
 
 
-def available_backends(device: Optional[torch.device | str] = None) -> List[str]:
+def available_backends(device: Optional[Union[torch.device, str]] = None) -> List[str]:
     """Backends that can run here: on `device` if given, else on any device of this machine."""
     if device is not None:
         devices = [torch.device(device)]
@@ -55,22 +64,19 @@ def available_backends(device: Optional[torch.device | str] = None) -> List[str]
         devices = [torch.device("cpu")]
         if torch.cuda.is_available():
             devices.append(torch.device("cuda"))
-    names = []
-    for name in ("reference", "cpu", "triton", "cuda"):
-        if any(_why_not(name, d) is None for d in devices):
-            names.append(name)
-    return names
+    return [name for name, b in REGISTRY.items()
+            if any(b.why_not(d) is None for d in devices)]
 
 
 def resolve(backend: str, device: torch.device) -> str:
     """The concrete backend to use for `backend` ("auto" or a name) on `device`."""
     if backend != "auto":
-        reason = _why_not(backend, device)
+        reason = why_not(backend, device)
         if reason is not None:
             raise ValueError(f"backend={backend!r} cannot run here: {reason}")
         return backend
-    for name in _AUTO_ORDER.get(device.type, ()):
-        if _why_not(name, device) is None:
+    for name in AUTO_ORDER.get(device.type, ()):
+        if REGISTRY[name].why_not(device) is None:
             return name
     if device.type not in _warned_fallback:
         _warned_fallback.add(device.type)
@@ -83,12 +89,9 @@ def resolve(backend: str, device: torch.device) -> str:
     return "reference"
 
 
-def fused_ops(backend: str):
+def fused_ops(name: str) -> FusedOps:
     """The registered custom ops of a fused backend."""
-    if backend == "cpu":
-        return _cpu_backend.OPS
-    if backend == "triton":
-        return _triton_backend.OPS
-    if backend == "cuda":
-        return _cuda_backend.OPS
-    raise ValueError(f"backend {backend!r} has no fused ops")
+    backend = REGISTRY.get(name)
+    if backend is None or backend.ops is None:
+        raise ValueError(f"backend {name!r} has no fused ops")
+    return backend.ops

@@ -1,61 +1,63 @@
-"""Registration of the fused backends as `torch.library` custom ops.
+"""The fused backends as `torch.library` custom ops, with autograd.
 
-Every compiled backend provides the same pair of kernels:
+Every compiled backend provides a pair of launchers:
 
 * forward: per-sample L_clip and L_boun, whether each sample has a loss, and what the backward
-  needs (the log-sum-exp of the positives, the sum over the chosen negatives, the chosen pair
-  indices);
+  needs (`SavedForBackward`: the log-sum-exp of the positives, the sum over the chosen
+  negatives, the chosen pair indices, the inverse norms);
 * backward: d(loss)/d(emb) from the per-sample upstream gradients, touching only the positive
   pairs, the chosen negatives and the boundary sets.
 
 `register_fused_backend` wraps such a pair into the custom ops `cliptbp::<name>_fwd` and
-`cliptbp::<name>_bwd` with fake (meta) implementations, so that `torch.compile(fullgraph=True)`
-traces through them, and with autograd formulas. Double backward raises a clear error.
+`cliptbp::<name>_bwd`, with fake (meta) implementations so that `torch.compile(fullgraph=True)`
+traces through them, and autograd formulas. Double backward raises a clear error. What every
+backend needs around its launchers is done here once: labels as contiguous int64, the
+backend's limits, the length of the top-k list, inputs without elements, the output dtypes.
 
-In eager mode the same launchers are also reachable through a plain `torch.autograd.Function`
-(`FusedOps.call` picks it): a custom op call costs about 100 us of Python dispatch on the host
-each way, which at small shapes (B=32, T=75) is more than the GPU kernels themselves take. The
-two paths run the same launchers with the same arguments, so their results are bitwise equal;
-the custom ops serve `torch.compile`, fake tensors, dispatch modes and tensor subclasses.
+In eager mode the same launchers are also reached through a plain `torch.autograd.Function`
+(`FusedOps.call` picks it), which skips the custom-op dispatch: on the GPU at small shapes
+that host work is longer than the kernels. Both paths run the same launchers with the same
+arguments, so their results are bitwise equal; the custom ops serve `torch.compile`, fake
+tensors, dispatch modes and tensor subclasses.
 """
 
-from typing import Callable, NamedTuple, Tuple
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence, get_type_hints
 
 import torch
 from torch import Tensor
 
-POSITIVE_CODES = {"any": 0, "same": 1}
-NEGATIVE_CODES = {"cross": 0, "all": 1}
+from .._options import FusedOptions, FusedOutputs, Limits, SavedForBackward, compute_dtype, kcap_for
+
+# forward launcher: (emb, labels, opts, kcap) -> FusedOutputs, for an emb with elements and
+# int64 contiguous labels; losses in float64 or already in the output dtype, flags as uint8 or
+# bool.
+ForwardLauncher = Callable[[Tensor, Tensor, FusedOptions, int], FusedOutputs]
+# backward launcher: (emb, labels, opts, grad_clip, grad_boun, saved, grad) -> None, writes
+# d(loss)/d(emb) into `grad` (uninitialised, in the compute dtype); `saved` holds uint8 flags
+# and contiguous buffers.
+BackwardLauncher = Callable[[Tensor, Tensor, FusedOptions, Tensor, Tensor, SavedForBackward,
+                             Tensor], None]
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, float32 for the others (SPEC.md "Inputs")."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def kcap_for(k: int, T: int) -> int:
-    """Length of the stored top-k list: k, or the number of unordered pairs if smaller."""
-    return min(k, T * (T - 1) // 2) if T > 1 else 0
-
-
-def check_limits(backend: str, T: int, k: int, want_clip: bool, max_t: int, max_k: int) -> None:
-    """ValueError when an input exceeds what a backend with limits (T <= max_t,
-    min(k, T (T - 1) / 2) <= max_k) serves."""
-    if T > max_t:
-        raise ValueError(f"backend={backend!r} supports T up to {max_t} clips (pair indices "
-                         f"of 32 bits), got T={T}; use backend='cpu' or 'reference'")
+def check_limits(backend: str, T: int, k: int, want_clip: bool, limits: Limits) -> None:
+    """ValueError when an input exceeds what a backend with `limits` serves."""
+    if T > limits.max_t:
+        raise ValueError(f"backend={backend!r} supports T up to {limits.max_t} clips (pair "
+                         f"indices of 32 bits), got T={T}; use backend='cpu' or 'reference'")
     kcap = kcap_for(k, T) if want_clip else 0
-    if kcap > max_k:
-        raise ValueError(f"backend={backend!r} supports k up to {max_k} (more precisely "
-                         f"min(k, T*(T-1)/2) <= {max_k}), got k={k} with T={T}; use "
+    if kcap > limits.max_k:
+        raise ValueError(f"backend={backend!r} supports k up to {limits.max_k} (more precisely "
+                         f"min(k, T*(T-1)/2) <= {limits.max_k}), got k={k} with T={T}; use "
                          "backend='cpu' or 'reference'")
 
 
-def forward_outputs(B: int, T: int, kcap: int, device, empty: bool):
-    """Uninitialised forward outputs of a fused backend (see `register_fused_backend`); when
-    `empty` (an input without elements), filled with what such an input gives."""
+def forward_outputs(B: int, T: int, kcap: int, device) -> FusedOutputs:
+    """Uninitialised forward outputs as the compiled kernels write them (float64 losses,
+    uint8 flags)."""
     f64 = dict(dtype=torch.float64, device=device)
-    out = (
+    return FusedOutputs(
         torch.empty(B, **f64),
         torch.empty(B, dtype=torch.uint8, device=device),
         torch.empty(B, **f64),
@@ -65,23 +67,16 @@ def forward_outputs(B: int, T: int, kcap: int, device, empty: bool):
         torch.empty((B, kcap), dtype=torch.int64, device=device),
         torch.empty((B, T), **f64),
     )
-    if empty:
-        for t in out[:6]:
-            t.zero_()
-        out[6].fill_(-1)
-        out[7].zero_()
+
+
+def _empty_input_outputs(B: int, T: int, kcap: int, device) -> FusedOutputs:
+    """What an input without elements gives: no losses, no pairs."""
+    out = forward_outputs(B, T, kcap, device)
+    for t in out[:6]:
+        t.zero_()
+    out.pairs.fill_(-1)
+    out.inv_norm.zero_()
     return out
-
-
-def backward_buffers(emb: Tensor, saved: Tuple[Tensor, ...]):
-    """(gradient buffer in the compute dtype, the saved forward tensors as contiguous uint8 /
-    float64 / int64 buffers) for a backward launcher. `saved` is (has_clip, has_boun, lse,
-    neg_sum, pairs, inv_norm); the caller keeps the returned tensors alive while their
-    pointers are in use."""
-    grad = torch.empty(emb.shape, dtype=compute_dtype(emb.dtype), device=emb.device)
-    has_clip, has_boun, lse, neg_sum, pairs, inv_norm = saved
-    return grad, (_as_uint8(has_clip), _as_uint8(has_boun), lse.contiguous(),
-                  neg_sum.contiguous(), pairs.contiguous(), inv_norm.contiguous())
 
 
 def _as_uint8(flag: Tensor) -> Tensor:
@@ -90,17 +85,32 @@ def _as_uint8(flag: Tensor) -> Tensor:
     return flag.view(torch.uint8) if flag.dtype == torch.bool else flag.to(torch.uint8)
 
 
+def _launch_buffers(saved: Sequence[Tensor]) -> SavedForBackward:
+    """The saved forward tensors as the launchers read them: uint8 flags, contiguous."""
+    has_clip, has_boun, lse, neg_sum, pairs, inv_norm = saved
+    return SavedForBackward(_as_uint8(has_clip), _as_uint8(has_boun), lse.contiguous(),
+                            neg_sum.contiguous(), pairs.contiguous(), inv_norm.contiguous())
+
+
 class FusedOps(NamedTuple):
-    """A fused backend's entry points. `forward` / `backward`: the custom ops; `eager`: the
-    same forward as an autograd Function (no custom-op dispatch); `call`: `eager` where it is
-    safe, else `forward` (see `eager_ok`). All take the custom op's forward arguments."""
+    """A fused backend's entry points.
+
+    `forward` / `backward`: the custom ops; `eager`: the same forward as an autograd Function
+    (no custom-op dispatch); `run_forward(emb, labels, opts) -> FusedOutputs` and
+    `run_backward(emb, labels, opts, grad_clip, grad_boun, saved) -> grad`: the computation
+    of both without autograd. `call`: `eager` where it is safe, else `forward` (see
+    `eager_ok`); it takes the forward's arguments and returns `FusedOutputs`.
+    """
 
     forward: Callable
     backward: Callable
     eager: Callable
+    run_forward: Callable[..., FusedOutputs]
+    run_backward: Callable[..., Tensor]
 
-    def call(self, emb: Tensor, labels: Tensor, *opts):
-        return (self.eager if eager_ok(emb, labels) else self.forward)(emb, labels, *opts)
+    def call(self, emb: Tensor, labels: Tensor, opts: FusedOptions) -> FusedOutputs:
+        fn = self.eager if eager_ok(emb, labels) else self.forward
+        return FusedOutputs._make(fn(emb, labels, *opts))
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -121,89 +131,104 @@ _DOUBLE_BACKWARD_MSG = (
     "supported"
 )
 
+# the custom ops' schemas, from the field names and types of the named tuples
+_OPTION_ARGS = ", ".join(f"{t.__name__} {n}" for n, t in get_type_hints(FusedOptions).items())
+_SAVED_ARGS = ", ".join(f"Tensor {n}" for n in SavedForBackward._fields)
+_FWD_SCHEMA = (f"(Tensor emb, Tensor labels, {_OPTION_ARGS}) -> "
+               f"({', '.join(['Tensor'] * len(FusedOutputs._fields))})")
+_BWD_SCHEMA = (f"(Tensor grad_clip, Tensor grad_boun, Tensor emb, Tensor labels, {_SAVED_ARGS}, "
+               f"{_OPTION_ARGS}) -> Tensor")
+_N_OPTS = len(FusedOptions._fields)
+_N_SAVED = len(SavedForBackward._fields)
 
-def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl: Callable,
+
+def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
+                           bwd_impl: BackwardLauncher, limits: Optional[Limits] = None,
                            upstream_as_is: bool = False) -> FusedOps:
-    """Register `cliptbp::{name}_fwd` / `cliptbp::{name}_bwd` around kernel launchers.
+    """Register `cliptbp::{name}_fwd` / `cliptbp::{name}_bwd` around a backend's launchers
+    (see `ForwardLauncher`, `BackwardLauncher`).
 
-    `fwd_impl(emb, labels, opts) -> (loss_clip, has_clip, loss_boun, has_boun, lse, neg_sum,
-    pairs, inv_norm)` with float64 (or already the output dtype) losses, uint8 (or bool)
-    flags, float64 lse/neg_sum, int64 pairs [B, kcap] and float64 inverse norms [B, T];
-    `bwd_impl(emb, labels, opts, grad_clip, grad_boun, has_clip, has_boun, lse, neg_sum,
-    pairs, inv_norm)` returns the gradient in the compute dtype. The upstream gradients
-    [B] come as contiguous float64, or with `upstream_as_is` as autograd hands them over (the
-    losses' dtype, any stride). `opts` is the tuple of scalar options below.
+    `limits`: checked before any kernel runs (`check_limits`). The upstream gradients [B]
+    reach `bwd_impl` as contiguous float64, or with `upstream_as_is` as autograd hands them
+    over (the losses' dtype, any stride).
     """
     qual = f"cliptbp::{name}"
 
-    def run_fwd(emb: Tensor, labels: Tensor, opts: tuple):
-        lc, hc, lb, hb, lse, neg, pairs, inv_norm = fwd_impl(emb, labels, opts)
-        out = compute_dtype(emb.dtype)
-        return lc.to(out), hc.bool(), lb.to(out), hb.bool(), lse, neg, pairs, inv_norm
+    def run_fwd(emb: Tensor, labels: Tensor, opts) -> FusedOutputs:
+        opts = FusedOptions._make(opts)
+        labels = labels.to(torch.int64).contiguous()
+        B, T = labels.shape
+        if limits is not None:
+            check_limits(name, T, opts.k, opts.want_clip, limits)
+        kcap = kcap_for(opts.k, T)
+        if emb.numel() == 0:
+            out = _empty_input_outputs(B, T, kcap, emb.device)
+        else:
+            out = fwd_impl(emb, labels, opts, kcap)
+        dtype = compute_dtype(emb.dtype)
+        return out._replace(loss_clip=out.loss_clip.to(dtype), has_clip=out.has_clip.bool(),
+                            loss_boun=out.loss_boun.to(dtype), has_boun=out.has_boun.bool())
 
-    def run_bwd(grad_clip, grad_boun, emb, labels, saved, opts):
+    def run_bwd(emb: Tensor, labels: Tensor, opts, grad_clip: Tensor, grad_boun: Tensor,
+                saved: Sequence[Tensor]) -> Tensor:
+        opts = FusedOptions._make(opts)
         if not upstream_as_is:
             grad_clip = grad_clip.double().contiguous()
             grad_boun = grad_boun.double().contiguous()
-        return bwd_impl(emb, labels, opts, grad_clip, grad_boun, *saved).to(emb.dtype)
+        labels = labels.to(torch.int64).contiguous()
+        grad = torch.empty(emb.shape, dtype=compute_dtype(emb.dtype), device=emb.device)
+        buffers = _launch_buffers(saved)
+        if emb.numel() == 0:
+            grad.zero_()
+        else:
+            bwd_impl(emb, labels, opts, grad_clip, grad_boun, buffers, grad)
+        return grad.to(emb.dtype)
 
     def upstream(grad, emb):
         """An absent upstream gradient (the loss was not used) as zeros."""
         return emb.new_zeros((emb.shape[0],), dtype=torch.float64) if grad is None else grad
 
-    @torch.library.custom_op(f"{qual}_fwd", mutates_args=(), device_types=device_types)
-    def fwd(
-        emb: Tensor, labels: Tensor, k: int, tau: float, positives: int, negatives: int,
-        radius: int, margin_max: float, margin_base: float, margin_scale: float,
-        want_clip: bool, want_boun: bool,
-    ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-        return run_fwd(emb, labels, (k, tau, positives, negatives, radius, margin_max,
-                                     margin_base, margin_scale, want_clip, want_boun))
+    @torch.library.custom_op(f"{qual}_fwd", mutates_args=(), device_types=device_types,
+                             schema=_FWD_SCHEMA)
+    def fwd(emb, labels, *opts):
+        return tuple(run_fwd(emb, labels, opts))
 
     @fwd.register_fake
-    def _(emb, labels, k, tau, positives, negatives, radius, margin_max, margin_base,
-          margin_scale, want_clip, want_boun):
+    def _(emb, labels, *opts):
+        opts = FusedOptions._make(opts)
         B, T = emb.shape[0], emb.shape[1]
         out = compute_dtype(emb.dtype)
         vec = emb.new_empty((B,), dtype=out)
         flag = emb.new_empty((B,), dtype=torch.bool)
         f64 = emb.new_empty((B,), dtype=torch.float64)
-        pairs = emb.new_empty((B, kcap_for(k, T)), dtype=torch.int64)
+        pairs = emb.new_empty((B, kcap_for(opts.k, T)), dtype=torch.int64)
         inv_norm = emb.new_empty((B, T), dtype=torch.float64)
         return vec, flag, vec.clone(), flag.clone(), f64, f64.clone(), pairs, inv_norm
 
-    @torch.library.custom_op(f"{qual}_bwd", mutates_args=(), device_types=device_types)
-    def bwd(
-        grad_clip: Tensor, grad_boun: Tensor, emb: Tensor, labels: Tensor, has_clip: Tensor,
-        has_boun: Tensor, lse: Tensor, neg_sum: Tensor, pairs: Tensor, inv_norm: Tensor,
-        k: int, tau: float,
-        positives: int, negatives: int, radius: int, margin_max: float, margin_base: float,
-        margin_scale: float, want_clip: bool, want_boun: bool,
-    ) -> Tensor:
-        opts = (k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale,
-                want_clip, want_boun)
-        return run_bwd(grad_clip, grad_boun, emb, labels,
-                       (has_clip, has_boun, lse, neg_sum, pairs, inv_norm), opts)
+    @torch.library.custom_op(f"{qual}_bwd", mutates_args=(), device_types=device_types,
+                             schema=_BWD_SCHEMA)
+    def bwd(grad_clip, grad_boun, emb, labels, *rest):
+        saved, opts = rest[:_N_SAVED], rest[_N_SAVED:]
+        return run_bwd(emb, labels, opts, grad_clip, grad_boun, saved)
 
     @bwd.register_fake
-    def _(grad_clip, grad_boun, emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm,
-          *opts):
+    def _(grad_clip, grad_boun, emb, labels, *rest):
         return torch.empty_like(emb, memory_format=torch.contiguous_format)
 
     def setup_context(ctx, inputs, output):
         emb, labels = inputs[0], inputs[1]
-        _, has_clip, _, has_boun, lse, neg_sum, pairs, inv_norm = output
-        ctx.save_for_backward(emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm)
+        saved = FusedOutputs._make(output).saved
+        ctx.save_for_backward(emb, labels, *saved)
         ctx.opts = tuple(inputs[2:])
-        ctx.mark_non_differentiable(has_clip, has_boun, lse, neg_sum, pairs, inv_norm)
+        ctx.mark_non_differentiable(*saved)
 
     def backward(ctx, grad_clip, _grad_has_clip, grad_boun, *unused):
-        emb, labels, has_clip, has_boun, lse, neg_sum, pairs, inv_norm = ctx.saved_tensors
+        emb, labels, *saved = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
-            return (None,) * 12
-        grad = bwd(upstream(grad_clip, emb), upstream(grad_boun, emb), emb, labels, has_clip,
-                   has_boun, lse, neg_sum, pairs, inv_norm, *ctx.opts)
-        return (grad,) + (None,) * 11
+            return (None,) * (2 + _N_OPTS)
+        grad = bwd(upstream(grad_clip, emb), upstream(grad_boun, emb), emb, labels, *saved,
+                   *ctx.opts)
+        return (grad,) + (None,) * (1 + _N_OPTS)
 
     fwd.register_autograd(backward, setup_context=setup_context)
 
@@ -217,19 +242,20 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
 
     def eager_forward(ctx, emb, labels, *opts):
         out = run_fwd(emb, labels, opts)
-        ctx.save_for_backward(emb, labels, *out[1:2], *out[3:])
+        saved = out.saved
+        ctx.save_for_backward(emb, labels, *saved)
         ctx.opts = opts
-        ctx.mark_non_differentiable(*out[1:2], *out[3:])
+        ctx.mark_non_differentiable(*saved)
         ctx.set_materialize_grads(False)
-        return out
+        return tuple(out)
 
     def eager_backward(ctx, grad_clip, _grad_has_clip, grad_boun, *unused):
         if not ctx.needs_input_grad[0]:
             return (None,) * (2 + len(ctx.opts))
         emb, labels, *saved = ctx.saved_tensors
         with torch.no_grad():
-            grad = run_bwd(upstream(grad_clip, emb), upstream(grad_boun, emb), emb, labels,
-                           saved, ctx.opts)
+            grad = run_bwd(emb, labels, ctx.opts, upstream(grad_clip, emb),
+                           upstream(grad_boun, emb), saved)
         if torch.is_grad_enabled():  # create_graph=True: a second backward must fail
             grad = _FirstOrderGrad.apply(grad, emb)
         return (grad,) + (None,) * (1 + len(ctx.opts))
@@ -239,7 +265,7 @@ def register_fused_backend(name: str, device_types, fwd_impl: Callable, bwd_impl
     Eager = type(f"{name.capitalize()}FusedLosses", (torch.autograd.Function,), {
         "__doc__": f"Eager path of cliptbp::{name}_fwd (see `FusedOps`).",
         "forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)})
-    return FusedOps(fwd, bwd, Eager.apply)
+    return FusedOps(fwd, bwd, Eager.apply, run_fwd, run_bwd)
 
 
 class _FirstOrderGrad(torch.autograd.Function):

@@ -1,20 +1,22 @@
-"""The fused CPU backend: launchers of the C++ kernels in `cliptbp_kernels._C_cpu`."""
+"""The fused CPU backend: launchers of the C++/OpenMP kernels in `cliptbp_kernels._C_cpu`.
 
-from typing import Optional, Tuple
+Runs on CPU tensors, with no limit on `k` and `T` up to 2^31 - 1. The kernels use
+`torch.get_num_threads()` threads and give bitwise the same results whatever that number.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ._custom_ops import backward_buffers, forward_outputs, kcap_for, register_fused_backend
+from .._options import DTYPE_CODES, FusedOptions, FusedOutputs, SavedForBackward
+from . import _loader
+from ._ops import forward_outputs, register_fused_backend
 
-try:  # the extension is absent when the package was not built
-    from . import _C_cpu as _ext
-    IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # pragma: no cover - exercised only on broken installs
-    _ext = None
-    IMPORT_ERROR = str(exc)
-
-DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+NAME = "cpu"
+_ext, IMPORT_ERROR = _loader.load("_C_cpu")
 
 
 def available() -> bool:
@@ -26,6 +28,16 @@ def simd_level() -> str:
     return _ext.simd_level() if _ext is not None else "unavailable"
 
 
+def why_not(device: torch.device) -> Optional[str]:
+    """None if the CPU kernels can run on `device`, else the reason."""
+    if _ext is None:
+        return ("the C++ extension cliptbp_kernels._C_cpu is not built "
+                f"({IMPORT_ERROR}); reinstall with `pip install .`")
+    if device.type != "cpu":
+        return f"it runs on CPU tensors only, and the input is on {device}"
+    return None
+
+
 def _view_args(emb: Tensor, labels: Tensor):
     """(emb view tuple, labels pointer) as the bindings take them."""
     B, T, D = emb.shape
@@ -33,35 +45,27 @@ def _view_args(emb: Tensor, labels: Tensor):
     return (emb.data_ptr(), DTYPE_CODES[emb.dtype], B, T, D, sb, st, sd), labels.data_ptr()
 
 
-def forward_into(emb: Tensor, labels: Tensor, opts: tuple, out: Tuple[Tensor, ...]) -> None:
-    """Run the forward kernel into caller-allocated buffers `out` (see `forward`)."""
-    loss_clip, has_clip, loss_boun, has_boun, lse, neg_sum, pairs, inv_norm = out
-    _ext.forward(*_view_args(emb, labels), tuple(opts), loss_clip.data_ptr(),
-                 has_clip.data_ptr(), loss_boun.data_ptr(), has_boun.data_ptr(), lse.data_ptr(),
-                 neg_sum.data_ptr(), pairs.data_ptr(), pairs.shape[1], inv_norm.data_ptr(),
-                 torch.get_num_threads())
+def forward_into(emb: Tensor, labels: Tensor, opts: FusedOptions, out: FusedOutputs) -> None:
+    """Run the forward kernel into caller-allocated buffers `out` (see `forward_outputs`)."""
+    _ext.forward(*_view_args(emb, labels), tuple(opts), out.loss_clip.data_ptr(),
+                 out.has_clip.data_ptr(), out.loss_boun.data_ptr(), out.has_boun.data_ptr(),
+                 out.lse.data_ptr(), out.neg_sum.data_ptr(), out.pairs.data_ptr(),
+                 out.pairs.shape[1], out.inv_norm.data_ptr(), torch.get_num_threads())
 
 
-def forward(emb: Tensor, labels: Tensor, opts: tuple):
-    labels = labels.to(torch.int64).contiguous()
+def forward(emb: Tensor, labels: Tensor, opts: FusedOptions, kcap: int) -> FusedOutputs:
     B, T = labels.shape
-    out = forward_outputs(B, T, kcap_for(opts[0], T), emb.device, emb.numel() == 0)
-    if emb.numel() > 0:
-        forward_into(emb, labels, opts, out)
+    out = forward_outputs(B, T, kcap, emb.device)
+    forward_into(emb, labels, opts, out)
     return out
 
 
-def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_boun: Tensor,
-             has_clip: Tensor, has_boun: Tensor, lse: Tensor, neg_sum: Tensor, pairs: Tensor,
-             inv_norm: Tensor):
-    labels = labels.to(torch.int64).contiguous()
-    grad, saved = backward_buffers(emb, (has_clip, has_boun, lse, neg_sum, pairs, inv_norm))
-    if emb.numel() == 0:
-        return grad.zero_()
+def backward(emb: Tensor, labels: Tensor, opts: FusedOptions, grad_clip: Tensor,
+             grad_boun: Tensor, saved: SavedForBackward, grad: Tensor) -> None:
     _ext.backward(*_view_args(emb, labels), tuple(opts), grad_clip.data_ptr(),
-                  grad_boun.data_ptr(), *(t.data_ptr() for t in saved[:5]), pairs.shape[1],
-                  saved[5].data_ptr(), grad.data_ptr(), torch.get_num_threads())
-    return grad
+                  grad_boun.data_ptr(), *(t.data_ptr() for t in saved[:5]),
+                  saved.pairs.shape[1], saved.inv_norm.data_ptr(), grad.data_ptr(),
+                  torch.get_num_threads())
 
 
-OPS = register_fused_backend("cpu", "cpu", forward, backward) if available() else None
+OPS = register_fused_backend(NAME, "cpu", forward, backward) if available() else None

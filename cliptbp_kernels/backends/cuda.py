@@ -24,26 +24,24 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from ._custom_ops import check_limits as _check_limits
-from ._custom_ops import backward_buffers, forward_outputs, kcap_for, register_fused_backend
+from .._options import (
+    DTYPE_CODES,
+    GPU_MAX_K,
+    GPU_MAX_T,
+    FusedOptions,
+    FusedOutputs,
+    Limits,
+    SavedForBackward,
+)
+from . import _loader
+from ._ops import check_limits as _check_limits
+from ._ops import forward_outputs, register_fused_backend
 
-try:  # absent when the package was built without nvcc
-    from . import _C_cuda as _ext
-    IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:
-    _ext = None
-    IMPORT_ERROR = str(exc)
-
-try:  # absent when built with CLIPTBP_CUDA_EMU=0
-    from . import _C_cuda_emu as _emu
-    EMU_IMPORT_ERROR: Optional[str] = None
-except ImportError as exc:  # pragma: no cover - exercised only on such builds
-    _emu = None
-    EMU_IMPORT_ERROR = str(exc)
-
-MAX_T = 65536
-MAX_K = 1024
-DTYPE_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2, torch.float64: 3}
+NAME = "cuda"
+LIMITS = Limits(GPU_MAX_T, GPU_MAX_K)
+MAX_T, MAX_K = LIMITS
+_ext, IMPORT_ERROR = _loader.load("_C_cuda")  # absent when built without nvcc
+_emu, EMU_IMPORT_ERROR = _loader.load("_C_cuda_emu")  # absent when built with CLIPTBP_CUDA_EMU=0
 
 
 def emulating() -> bool:
@@ -72,7 +70,7 @@ def why_not(device: torch.device) -> Optional[str]:
 
 def check_limits(T: int, k: int, want_clip: bool = True) -> None:
     """ValueError when the input exceeds what the CUDA kernels serve."""
-    _check_limits("cuda", T, k, want_clip, MAX_T, MAX_K)
+    _check_limits(NAME, T, k, want_clip, LIMITS)
 
 
 def col_chunk() -> int:
@@ -112,16 +110,10 @@ class _NullGuard:
         return False
 
 
-def forward(emb: Tensor, labels: Tensor, opts: tuple):
-    k, want_clip = opts[0], opts[8]
-    labels = labels.to(torch.int64).contiguous()
+def forward(emb: Tensor, labels: Tensor, opts: FusedOptions, kcap: int) -> FusedOutputs:
     B, T = labels.shape
-    check_limits(T, k, want_clip)
-    kcap = kcap_for(k, T)
-    out = forward_outputs(B, T, kcap, emb.device, emb.numel() == 0)
-    if emb.numel() == 0:
-        return out
-    call = _Call(emb, kcap, want_clip)
+    out = forward_outputs(B, T, kcap, emb.device)
+    call = _Call(emb, kcap, opts.want_clip)
     with call.guard(emb):
         call.mod.forward(call.view, labels.data_ptr(), tuple(opts), kcap, call.chunk,
                          call.workspace.data_ptr(), call.nbytes, *(t.data_ptr() for t in out),
@@ -129,21 +121,15 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
     return out
 
 
-def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_boun: Tensor,
-             has_clip: Tensor, has_boun: Tensor, lse: Tensor, neg_sum: Tensor, pairs: Tensor,
-             inv_norm: Tensor):
-    labels = labels.to(torch.int64).contiguous()
-    grad, saved = backward_buffers(emb, (has_clip, has_boun, lse, neg_sum, pairs, inv_norm))
-    if emb.numel() == 0:
-        return grad.zero_()
-    kcap = pairs.shape[1]
+def backward(emb: Tensor, labels: Tensor, opts: FusedOptions, grad_clip: Tensor,
+             grad_boun: Tensor, saved: SavedForBackward, grad: Tensor) -> None:
+    kcap = saved.pairs.shape[1]
     call = _Call(emb, kcap, False)  # the backward needs no partial top-k lists
     with call.guard(emb):
         call.mod.backward(call.view, labels.data_ptr(), tuple(opts), kcap, call.chunk,
                           call.workspace.data_ptr(), call.nbytes, grad_clip.data_ptr(),
                           grad_boun.data_ptr(), *(t.data_ptr() for t in saved),
                           grad.data_ptr(), call.stream)
-    return grad
 
 
 def _device_types():
@@ -155,4 +141,5 @@ def _device_types():
     return tuple(types)
 
 
-OPS = register_fused_backend("cuda", _device_types(), forward, backward) if available() else None
+OPS = (register_fused_backend(NAME, _device_types(), forward, backward, limits=LIMITS)
+       if available() else None)

@@ -1,10 +1,10 @@
-"""PyTorch reference backend: SPEC.md sections 1 and 2 in plain vectorised PyTorch.
+"""PyTorch reference backend: docs/losses.md sections 1 and 2 in plain vectorised PyTorch.
 
 This is the readable definition of the losses and the naive baseline the fused kernels are
 measured against: it materialises the full ``[B, T, T]`` similarity matrix and ``[B, T, T]``
 pair masks, then reduces them with ordinary tensor operations. Autograd gives the backward.
 
-Inputs are validated by the caller (``cliptbp_kernels.api``):
+Inputs are validated by the caller (the public functions of ``cliptbp_kernels``):
 
 * ``emb``: ``[B, T, D]`` float16 / bfloat16 / float32 / float64, any strides;
 * ``labels``: ``[B, T]`` integer tensor on the same device (``-1`` padding, ``0`` background,
@@ -13,10 +13,16 @@ Inputs are validated by the caller (``cliptbp_kernels.api``):
 Every function returns per-sample values; the reductions live in the public API.
 """
 
+from typing import Optional, Tuple
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
+
+from .._options import NEGATIVES, POSITIVES, FusedOptions
 
 __all__ = [
+    "per_sample",
     "clip_pair_losses",
     "boundary_margin_losses",
     "clip_boundary_losses",
@@ -63,7 +69,7 @@ def _prepare(emb, labels):
 
 
 def _true_fp32_matmul(a, b):
-    """``a @ b`` with true float32 products on CUDA (SPEC.md: no TF32), whatever the global
+    """``a @ b`` with true float32 products on CUDA (docs/losses.md: no TF32), whatever the global
     TF32 setting. Compiled graphs take the setting in force when they are traced."""
     if not (a.is_cuda and a.dtype == torch.float32) or torch.compiler.is_compiling():
         return torch.matmul(a, b)
@@ -158,15 +164,14 @@ def _clip_from_sim(sim, labels, valid, gt, bad, *, k, tau, positives, negatives)
 
 
 def clip_pair_losses(emb, labels, *, k, tau, positives, negatives):
-    """Per-sample clip-pair similarity loss ``L_clip`` (SPEC.md section 1).
+    """Per-sample clip-pair similarity loss ``L_clip`` (docs/losses.md, section 1).
 
     Returns ``(loss, has)``: ``loss`` ``[B]`` (float32, float64 for float64 input) and
     ``has`` bool ``[B]`` (the positive set is non-empty, or a valid clip is non-finite).
     """
-    labels, valid, gt, bad, sim = _prepare(emb, labels)
-    return _clip_from_sim(
-        sim, labels, valid, gt, bad, k=k, tau=tau, positives=positives, negatives=negatives
-    )
+    loss, has, _, _ = _losses(emb, labels, dict(k=k, tau=tau, positives=positives,
+                                                negatives=negatives), None)
+    return loss, has
 
 
 # --------------------------------------------------------------------------------------
@@ -244,23 +249,14 @@ def _boundary_from_sim(
 
 
 def boundary_margin_losses(emb, labels, *, radius, margin_max, margin_base, margin_scale):
-    """Per-sample boundary margin loss ``L_boun`` (SPEC.md section 2).
+    """Per-sample boundary margin loss ``L_boun`` (docs/losses.md, section 2).
 
     Returns ``(loss, has)`` like :func:`clip_pair_losses`; ``has`` is true when the sample
     has at least one window with non-empty ``I_pos`` and ``I_neg`` (or a non-finite clip).
     """
-    labels, valid, gt, bad, sim = _prepare(emb, labels)
-    return _boundary_from_sim(
-        sim,
-        labels,
-        valid,
-        gt,
-        bad,
-        radius=radius,
-        margin_max=margin_max,
-        margin_base=margin_base,
-        margin_scale=margin_scale,
-    )
+    _, _, loss, has = _losses(emb, labels, None, dict(
+        radius=radius, margin_max=margin_max, margin_base=margin_base, margin_scale=margin_scale))
+    return loss, has
 
 
 # --------------------------------------------------------------------------------------
@@ -268,36 +264,26 @@ def boundary_margin_losses(emb, labels, *, radius, margin_max, margin_base, marg
 # --------------------------------------------------------------------------------------
 
 
-def clip_boundary_losses(
-    emb,
-    labels,
-    *,
-    k,
-    tau,
-    positives,
-    negatives,
-    radius,
-    margin_max,
-    margin_base,
-    margin_scale,
-):
-    """``(clip_loss, clip_has, boun_loss, boun_has)`` from one normalisation and one matrix."""
+def _losses(emb, labels, clip_opts, boun_opts):
+    """``(clip_loss, clip_has, boun_loss, boun_has)`` from one normalisation and one matrix;
+    a loss whose options are None is not computed (None, None)."""
     labels, valid, gt, bad, sim = _prepare(emb, labels)
-    clip_loss, clip_has = _clip_from_sim(
-        sim, labels, valid, gt, bad, k=k, tau=tau, positives=positives, negatives=negatives
-    )
-    boun_loss, boun_has = _boundary_from_sim(
-        sim,
-        labels,
-        valid,
-        gt,
-        bad,
-        radius=radius,
-        margin_max=margin_max,
-        margin_base=margin_base,
-        margin_scale=margin_scale,
-    )
-    return clip_loss, clip_has, boun_loss, boun_has
+    out = (None, None)
+    if clip_opts is not None:
+        out = _clip_from_sim(sim, labels, valid, gt, bad, **clip_opts)
+    if boun_opts is not None:
+        out = out + _boundary_from_sim(sim, labels, valid, gt, bad, **boun_opts)
+    else:
+        out = out + (None, None)
+    return out
+
+
+def clip_boundary_losses(emb, labels, *, k, tau, positives, negatives, radius, margin_max,
+                         margin_base, margin_scale):
+    """``(clip_loss, clip_has, boun_loss, boun_has)`` from one normalisation and one matrix."""
+    return _losses(emb, labels, dict(k=k, tau=tau, positives=positives, negatives=negatives),
+                   dict(radius=radius, margin_max=margin_max, margin_base=margin_base,
+                        margin_scale=margin_scale))
 
 
 # --------------------------------------------------------------------------------------
@@ -343,3 +329,52 @@ def hard_negative_pairs(emb, labels, *, k, positives, negatives):
     pairs = torch.where(chosen.unsqueeze(2), pairs, torch.full_like(pairs, -1))
     out[:, :k_eff] = pairs
     return out
+
+
+# --------------------------------------------------------------------------------------
+# the backend's entry points (see cliptbp_kernels.backends)
+# --------------------------------------------------------------------------------------
+
+NAME = "reference"
+OPS = None  # no custom ops: autograd differentiates the PyTorch code
+
+
+def why_not(device: torch.device) -> Optional[str]:
+    """The reference runs on any device."""
+    return None
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity on ``emb`` whose backward cannot be differentiated again: the reference gives
+    the same clear error on double backward as the fused backends."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return grad
+
+
+def _first_order_only(emb: Tensor) -> Tensor:
+    if torch.compiler.is_compiling() or not (torch.is_grad_enabled() and emb.requires_grad):
+        return emb
+    return _FirstOrderOnly.apply(emb)
+
+
+def per_sample(emb: Tensor, labels: Tensor, opts: FusedOptions
+               ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """(L_clip, has L_clip, L_boun, has L_boun) per sample, None for a loss not asked for
+    (`opts.want_clip`, `opts.want_boun`); computed in float32 (float64 for float64 input)
+    whatever autocast says."""
+    emb = _first_order_only(emb)
+    labels = labels.to(torch.int64)
+    clip = dict(k=opts.k, tau=opts.tau, positives=POSITIVES[opts.positives],
+                negatives=NEGATIVES[opts.negatives])
+    boun = dict(radius=opts.radius, margin_max=opts.margin_max, margin_base=opts.margin_base,
+                margin_scale=opts.margin_scale)
+    with torch.autocast(emb.device.type, enabled=False):
+        return _losses(emb, labels, clip if opts.want_clip else None,
+                       boun if opts.want_boun else None)

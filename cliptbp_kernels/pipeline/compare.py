@@ -1,8 +1,8 @@
 """The project's main job: train the reference model with and without the ClipTBP losses
 on the built-in synthetic data set, over several seeds, and compare.
 
-    python -m cliptbp_kernels.compare                 # 3 seeds, synthetic QVHighlights-like
-    python -m cliptbp_kernels.compare --seeds 0 --epochs 4 --out runs/quick
+    cliptbp-compare                 # 3 seeds, synthetic QVHighlights-like
+    cliptbp-compare --seeds 0 --epochs 4 --out runs/quick
 
 Prints (and writes to OUT/comparison.md and OUT/comparison.json) the validation metrics of
 each run, their mean and standard deviation per setting, and the time of one training step
@@ -20,7 +20,7 @@ from typing import Dict, List
 
 import torch
 
-from .criterion import ClipTBPLoss
+from ..criterion import ClipTBPLoss
 from .model import MomentModel
 from .train import HEADLINE, TrainConfig, parse_overrides, train, training_step
 
@@ -94,7 +94,8 @@ def criterion_time(backend: str, *, B: int = 8, T: int = 702, D: int = 128, step
 
 
 def main(argv=None) -> Dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="cliptbp-compare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--data", default="synthetic-qvh")
@@ -115,8 +116,8 @@ def main(argv=None) -> Dict:
         for seed in args.seeds:
             name = f"{'cliptbp' if cliptbp else 'baseline'}-seed{seed}"
             print(f"\n=== {name} ===", flush=True)
-            kw = dict(data=args.data, dataset=args.dataset, seed=seed, cliptbp=cliptbp, out=str(out / name),
-                      progress=not args.no_progress)
+            kw = dict(data=args.data, dataset=args.dataset, seed=seed, cliptbp=cliptbp,
+                      out=str(out / name), progress=not args.no_progress)
             if args.epochs is not None:
                 kw["epochs"] = args.epochs
             if args.data == "synthetic-tacos":
@@ -149,7 +150,8 @@ def main(argv=None) -> Dict:
         "| criterion backend | training step (ms) | ClipTBP criterion fwd+bwd (ms) |",
         "|---|---|---|",
         *[f"| {b} | {t['step_ms']:.1f} | {t['criterion_ms']:.1f} |" for b, t in timing.items()],
-        f"| speed-up (reference / cpu) | {timing['reference']['step_ms'] / timing['cpu']['step_ms']:.2f}x "
+        f"| speed-up (reference / cpu) "
+        f"| {timing['reference']['step_ms'] / timing['cpu']['step_ms']:.2f}x "
         f"| {timing['reference']['criterion_ms'] / timing['cpu']['criterion_ms']:.1f}x |",
     ])
     report = (f"## Validation metrics on {args.data} ({len(args.seeds)} seeds, mean ± std)\n\n"
@@ -159,6 +161,12 @@ def main(argv=None) -> Dict:
     result = {"runs": runs, "timing": timing}
     (out / "comparison.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def cli(argv=None) -> int:
+    """Console entry point (``cliptbp-compare``): `main`, exit status 0."""
+    main(argv)
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .labels import windows_to_labels
+from ..labels import windows_to_labels
 
 __all__ = [
     "DataError",
@@ -172,7 +172,8 @@ def read_annotations(path: PathLike) -> List[Dict[str, Any]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}: bad JSON at line {n}: {e.msg} (column {e.colno})") from None
+                raise DataError(f"{path}: bad JSON at line {n}: {e.msg} "
+                                f"(column {e.colno})") from None
             out.append(_parse_line(obj, f"{path}, line {n}"))
     return out
 

@@ -4,7 +4,7 @@ This module computes the metrics of the standard QVHighlights evaluation (the
 ``standalone_eval`` protocol of Moment-DETR) on a submission and a ground-truth file,
 from Python (:func:`evaluate`) or from the command line::
 
-    python -m cliptbp_kernels.eval --submission S.jsonl --gt G.jsonl --out M.json \\
+    cliptbp-eval --submission S.jsonl --gt G.jsonl --out M.json \\
         [--dataset qvhighlights|tacos]
 
 Input format (JSON lines, one query per line)
@@ -265,23 +265,23 @@ def _index_by_qid(records: Sequence[Dict[str, Any]], name: str) -> Dict[Any, int
     return qid2idx
 
 
-def _parse_pred_windows(d: Dict[str, Any], where: str) -> List[Tuple[float, float, float]]:
-    if "pred_relevant_windows" not in d:
-        raise EvalInputError(f"{where}: missing key 'pred_relevant_windows'")
-    ws = d["pred_relevant_windows"]
+def _window_list(d: Dict[str, Any], key: str, where: str) -> list:
+    """d[key], which must be present and a list."""
+    if key not in d:
+        raise EvalInputError(f"{where}: missing key '{key}'")
+    ws = d[key]
     if not isinstance(ws, (list, tuple)):
-        raise EvalInputError(
-            f"{where}: 'pred_relevant_windows' must be a list, got {type(ws).__name__}")
+        raise EvalInputError(f"{where}: '{key}' must be a list, got {type(ws).__name__}")
+    return ws
+
+
+def _parse_pred_windows(d: Dict[str, Any], where: str) -> List[Tuple[float, float, float]]:
+    ws = _window_list(d, "pred_relevant_windows", where)
     return [_check_window(w, 3, "pred_relevant_windows", j, where) for j, w in enumerate(ws)]
 
 
 def _parse_gt_windows(d: Dict[str, Any], where: str) -> List[Tuple[float, float]]:
-    if "relevant_windows" not in d:
-        raise EvalInputError(f"{where}: missing key 'relevant_windows'")
-    ws = d["relevant_windows"]
-    if not isinstance(ws, (list, tuple)):
-        raise EvalInputError(
-            f"{where}: 'relevant_windows' must be a list, got {type(ws).__name__}")
+    ws = _window_list(d, "relevant_windows", where)
     if len(ws) == 0:
         raise EvalInputError(f"{where}: 'relevant_windows' is empty")
     return [_check_window(w, 2, "relevant_windows", j, where) for j, w in enumerate(ws)]
@@ -558,7 +558,7 @@ def _has_saliency(submission, ground_truth, sub_idx, gt_idx, sub_name, gt_name) 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry point: evaluate, write the metrics JSON, print the brief dict."""
     parser = argparse.ArgumentParser(
-        prog="python -m cliptbp_kernels.eval",
+        prog="cliptbp-eval",
         description="Moment retrieval / highlight detection evaluation (QVHighlights protocol)")
     parser.add_argument("--submission", required=True, help="predictions, JSON lines")
     parser.add_argument("--gt", required=True, help="ground truth, JSON lines")

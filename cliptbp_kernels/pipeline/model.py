@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .labels import merge_windows
+from ..labels import merge_windows
 
 
 def sinusoidal_positions(T: int, dim: int, device=None) -> Tensor:

@@ -1,7 +1,7 @@
-"""A synthetic moment retrieval data set in the on-disk layout of `cliptbp_kernels.data`.
+"""A synthetic moment retrieval data set in the on-disk layout of `cliptbp_kernels.pipeline.data`.
 
-    python -m cliptbp_kernels.synthetic --out data/synthetic/qvh --variant qvh
-    python -m cliptbp_kernels.synthetic --out data/synthetic/tacos --variant tacos --seed 1
+    cliptbp-synthetic --out data/synthetic/qvh --variant qvh
+    cliptbp-synthetic --out data/synthetic/tacos --variant tacos --seed 1
 
 Layout (what `load_qvhighlights` / `load_tacos` read)::
 
@@ -52,6 +52,8 @@ import numpy as np
 __all__ = ["generate", "main"]
 
 FORMAT_VERSION = 1
+# the generator's identity in MANIFEST.json (a format name: data sets generated under it stay
+# recognised whatever the module is called)
 GENERATOR = "cliptbp_kernels.synthetic"
 DEFAULT_SIZES = {"qvh": (1200, 300), "tacos": (300, 100)}
 VIDEO_DIRS = (("slowfast_features", "features"), ("clip_features", "pooler_output"))
@@ -468,7 +470,7 @@ def generate(out_dir: Union[str, Path], variant: str = "qvh", seed: int = 0,
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cliptbp_kernels.synthetic",
+    p = argparse.ArgumentParser(prog="cliptbp-synthetic",
                                 description="Write a synthetic moment retrieval data set.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--variant", choices=sorted(DEFAULT_SIZES), default="qvh")

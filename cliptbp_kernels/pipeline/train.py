@@ -1,15 +1,15 @@
 """Training entry point of the reference moment retrieval pipeline.
 
-    python -m cliptbp_kernels.train                         # synthetic QVHighlights-like data
-    python -m cliptbp_kernels.train --no-cliptbp --seed 1   # the baseline alone
-    python -m cliptbp_kernels.train --config my.json --out runs/qvh --resume
-    python -m cliptbp_kernels.train --set data=synthetic-tacos --set batch_size=8
+    cliptbp-train                         # synthetic QVHighlights-like data
+    cliptbp-train --no-cliptbp --seed 1   # the baseline alone
+    cliptbp-train --config my.json --out runs/qvh --resume
+    cliptbp-train --set data=synthetic-tacos --set batch_size=8
 
-The model (`cliptbp_kernels.model.MomentModel`) trains with its own losses and, unless
+The model (`cliptbp_kernels.pipeline.model.MomentModel`) trains with its own losses and, unless
 `--no-cliptbp`, the ClipTBP losses of paper Eq. 8 (`ClipTBPLoss`, fused backend picked
 automatically). Every `eval_every` epochs and at the end it writes its validation
 predictions in the QVHighlights submission format and evaluates them
-(`cliptbp_kernels.eval`). Checkpoints go to `OUT/checkpoint.pt` after every epoch;
+(`cliptbp_kernels.pipeline.eval`). Checkpoints go to `OUT/checkpoint.pt` after every epoch;
 `--resume` continues from there.
 """
 
@@ -28,11 +28,17 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from ..criterion import ClipTBPLoss
 from . import data as mr_data
-from .criterion import ClipTBPLoss
 from .eval import evaluate, load_jsonl
-from .model import (MomentModel, basic_losses, clip_spans, normalized_spans, predict_windows,
-                    target_spans)
+from .model import (
+    MomentModel,
+    basic_losses,
+    clip_spans,
+    normalized_spans,
+    predict_windows,
+    target_spans,
+)
 
 SYNTHETIC = {"synthetic-qvh": "qvh", "synthetic-tacos": "tacos"}
 
@@ -46,8 +52,10 @@ class TrainConfig:
     data_dir: str = "data/synthetic"  # where synthetic data sets are generated
     feature_root: Optional[str] = None  # default: <data root>/features
     video_features: List[List[str]] = field(
-        default_factory=lambda: [["slowfast_features", "features"], ["clip_features", "pooler_output"]])
-    text_feature: List[str] = field(default_factory=lambda: ["clip_text_features", "last_hidden_state"])
+        default_factory=lambda: [["slowfast_features", "features"],
+                                 ["clip_features", "pooler_output"]])
+    text_feature: List[str] = field(
+        default_factory=lambda: ["clip_text_features", "last_hidden_state"])
     clip_len: float = 2.0
     max_clips: Optional[int] = None
     train_split: str = "train"
@@ -274,12 +282,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     keys = ["epoch", "loss"] + [k for k in HEADLINE if any(k in r for r in history)]
     print(_format_table(history, keys))
-    print("final validation:", json.dumps({k: final[k] for k in final if k.startswith(("MR", "HL"))}))
+    print("final validation:",
+          json.dumps({k: final[k] for k in final if k.startswith(("MR", "HL"))}))
     return summary
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="cliptbp-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="JSON file with TrainConfig fields")
     p.add_argument("--out", help="output folder (checkpoints, predictions, metrics)")
     p.add_argument("--seed", type=int)

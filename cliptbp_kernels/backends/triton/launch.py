@@ -1,85 +1,36 @@
-"""The fused Triton backend: launchers of the kernels in `cliptbp_kernels._triton_kernels`.
+"""Launchers of the Triton kernels (`.kernels`) for the fused Triton backend.
 
-Runs on CUDA tensors, and on CPU tensors when the Triton interpreter is on
-(``TRITON_INTERPRET=1`` set before the kernels are defined, as the tests do). The interpreter
-and the GPU use separate block sizes: large blocks keep the interpreter fast, the GPU sizes
-suit its registers.
-
-Limits (checked before any kernel runs, `ValueError` past them): ``T <= 65,536`` (the pair
-index of a ranking key has 32 bits) and ``min(k, T (T - 1) / 2) <= 1024`` (the running top-k
-lives in registers). float64 inputs are computed in float64; their hard negatives are ranked
-by the similarity rounded to float32 (a monotone map, so only values within one float32 ulp
-of each other, about 6e-8, can be ranked as ties: SPEC.md demands the exact set only where
-the gap exceeds 1e-6 or values are exact).
+`forward` and `backward` follow the launcher contract of `cliptbp_kernels.backends._ops`
+(labels as contiguous int64, an input with elements, limits already checked). Every buffer is
+allocated here; the kernels run on the input's device (CUDA, or the CPU under the
+interpreter).
 """
 
 from __future__ import annotations
 
 import functools
 import math
-import os
 import struct
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from ._custom_ops import check_limits as _check_limits
-from ._custom_ops import (backward_buffers, compute_dtype, forward_outputs, kcap_for,
-                          register_fused_backend)
+from ..._options import FusedOptions, FusedOutputs, SavedForBackward, compute_dtype
+from .blocks import _Blocks, _blocks, _pow2
 
 try:
-    import triton
     import triton.language as tl
 
-    from . import _triton_kernels as K
+    from . import kernels as K
     IMPORT_ERROR: Optional[str] = None
 except Exception as exc:  # pragma: no cover - exercised only without triton
-    triton = tl = K = None
+    tl = K = None
     IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
-
-MAX_T = 65536
-MAX_K = 1024
 
 
 def available() -> bool:
     return K is not None
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels through its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-SIZES_ENV = "CLIPTBP_TRITON_SIZES"
-
-
-def interpreter_sizes() -> bool:
-    """True when the launchers use the interpreter's large blocks: under the interpreter,
-    unless CLIPTBP_TRITON_SIZES=gpu asks for the GPU block sizes there too (slower, but it
-    runs the GPU tilings on the CPU: several row tiles and column splits, every merge step).
-    On the GPU always False. ValueError for a value other than "", "auto" or "gpu"."""
-    value = os.environ.get(SIZES_ENV, "").strip().lower()
-    if value not in ("", "auto", "gpu"):
-        raise ValueError(f"{SIZES_ENV}: expected 'auto' or 'gpu', got {value!r}")
-    return interpreting() and value != "gpu"
-
-
-def why_not(device: torch.device) -> Optional[str]:
-    """None if the Triton kernels can run on `device`, else the reason."""
-    if K is None:
-        return f"triton is not installed or failed to import ({IMPORT_ERROR})"
-    if device.type == "cuda":
-        return None
-    if device.type == "cpu" and interpreting():
-        return None
-    return (f"it runs on CUDA tensors (and on CPU tensors only under TRITON_INTERPRET=1), "
-            f"and the input is on {device}")
-
-
-def check_limits(T: int, k: int, want_clip: bool = True) -> None:
-    """ValueError when the input exceeds what the Triton kernels serve."""
-    _check_limits("triton", T, k, want_clip, MAX_T, MAX_K)
 
 
 # When set (by `record_launches`), launches are recorded instead of run: the GPU compile
@@ -107,10 +58,6 @@ class record_launches:
         _RECORDER = None
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def _f32(x: float) -> float:
     """x rounded to float32 (to nearest, ties to even; +-inf past the float32 range)."""
     try:
@@ -126,103 +73,6 @@ def _split(x: float):
     return hi, _f32(x - hi)
 
 
-GPU_BLOCKS_ENV = "CLIPTBP_TRITON_GPU_BLOCKS"
-_GPU_BLOCK_KEYS = {"BM": "BM", "BN": "BN", "BK": "BK", "warps": "warps",
-                   "cols": "cols_per_split", "bwarps": "bwarps"}
-
-
-def gpu_block_override() -> dict:
-    """GPU block sizes of the float32/16-bit kernels from CLIPTBP_TRITON_GPU_BLOCKS, e.g.
-    "BM=32,BN=64,BK=32,warps=4,cols=512,bwarps=8" (any subset; the tuning stage of the GPU
-    check sweeps them; bwarps: the warps of the backward's positive-block kernel). Powers of
-    two, at least 16 for the dot sizes; ValueError otherwise."""
-    return dict(_parse_blocks(os.environ.get(GPU_BLOCKS_ENV, "").strip()))
-
-
-@functools.lru_cache(maxsize=8)
-def _parse_blocks(text: str) -> tuple:
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, _, value = part.partition("=")
-        if key not in _GPU_BLOCK_KEYS or not value.isdigit():
-            raise ValueError(f"{GPU_BLOCKS_ENV}: expected entries like BM=64 with keys "
-                             f"{sorted(_GPU_BLOCK_KEYS)}, got {part!r}")
-        n = int(value)
-        low = 1 if key in ("warps", "cols", "bwarps") else 16
-        if n < low or n & (n - 1):
-            raise ValueError(f"{GPU_BLOCKS_ENV}: {key} must be a power of two >= {low}, "
-                             f"got {n}")
-        out[_GPU_BLOCK_KEYS[key]] = n
-    return tuple(out.items())
-
-
-class _Blocks:
-    """Block sizes of one launch: interpreter or GPU, float64 or not. On the GPU every dot
-    operand dimension is at least 16 (masking covers smaller D). The GPU sizes of the
-    float32/16-bit kernels can be overridden for tuning (`gpu_block_override`). `interp`
-    selects the interpreter's sizes (`interpreter_sizes()`: the GPU sizes can be run in the
-    interpreter too).
-
-    The float32/16-bit GPU defaults keep the two similarity-tile kernels out of local memory
-    (sm_90 resource usage from the compiler, `cuobjdump --dump-resource-usage`, D=256): with
-    64 x 64 tiles and 4 warps `_clip_fwd_kernel` spilled a 368-byte stack frame and
-    `_pos_bwd_kernel` 920 bytes; with 32-row tiles the forward needs 8 bytes, and the
-    positive-block backward with 8 warps none. Not yet timed on a GPU: the GPU check's
-    `tune` stage sweeps the alternatives."""
-
-    def __init__(self, T: int, D: int, f64: bool, KP: int, interp: bool, radius: int = 1):
-        self.interp = interp
-        if interp:
-            self.BM, self.BN = min(64, max(16, _pow2(T))), min(256, max(16, _pow2(T)))
-            self.BK = min(_pow2(D), 32 if f64 else 128)
-            self.BW, self.BP = 64, 256
-            self.cols_per_split = 1 << 30  # one column split: fewer programs
-            self.warps = self.bwarps = 1
-        elif f64:
-            self.BM = self.BN = 16
-            self.BK = 16
-            self.BW, self.BP = 16, 128
-            self.cols_per_split = 512
-            self.warps = self.bwarps = 4
-        else:
-            self.BM, self.BN = 32, 64
-            self.BK = max(16, min(_pow2(D), 32))
-            self.BW, self.BP = 16, 128
-            self.cols_per_split = 512
-            self.warps, self.bwarps = 4, 8
-            for name, value in gpu_block_override().items():
-                setattr(self, name, value)
-        self.BDO = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 16 if f64 else 64))
-        self.BPK = max(1, 4096 // max(KP, 1))  # partial top-k lists merged per step
-        self.BW = min(self.BW, _pow2(T))  # windows per step (a sample has at most T)
-        self.BKV = min(_pow2(D), 128) if interp else max(16, min(_pow2(D), 64))  # vector loops
-        # window gathers, [BW, BO, BKW] values per step (offsets 0..6r+2 of BW windows, BKW
-        # embedding columns): bounded on the GPU (registers)
-        self.BO = _pow2(6 * radius + 3)
-        step = max(1, min(self.BKV, 8192 // (self.BW * self.BO)))
-        self.BKW = self.BKV if interp else _pow2(step)
-
-    def pair_cols(self, KP: int, interp_cols: int) -> int:
-        """Embedding columns per step when recomputing the KP chosen pairs' similarities: on
-        the GPU at most 4096 values per operand (a k of 300 spilled kilobytes of registers
-        with the vector-loop width), in the interpreter `interp_cols`."""
-        return interp_cols if self.interp else max(1, min(self.BK, _pow2(4096 // KP + 1) // 2))
-
-
-def _blocks(T: int, D: int, f64: bool, KP: int, radius: int) -> _Blocks:
-    """The block sizes of a launch at this shape (interpreter or GPU sizes, the GPU override
-    applied), cached: built once per shape and options rather than on every call, as the
-    step at small shapes is bound by host time. Callers must not modify the result."""
-    return _cached_blocks(T, D, f64, KP, interpreter_sizes(), radius,
-                          os.environ.get(GPU_BLOCKS_ENV, ""))
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_blocks(T, D, f64, KP, interp, radius, override_key) -> _Blocks:
-    # override_key: the override's text, a cache key only (`_Blocks` reads and applies it)
-    return _Blocks(T, D, f64, KP, interp, radius)
-
-
 class _Prep:
     """Per-sample index lists and the non-finite flag, built by `_prep_kernel` in one launch
     (tensors on the input's device).
@@ -233,10 +83,8 @@ class _Prep:
     window's label is that of clip js), count nwin [B]; bad [B]: 1 where a valid clip holds
     NaN or Inf. Entries past the counts are unspecified (the kernels mask them).
 
-    No other working memory: the kernel's ranking of falling window ids works in `win` before
-    the windows are written. The backward needs only rows_gt and win, 32 bytes per clip: at
-    B=2, T=4096, D=256 the step's peak is then the gradient plus about 4 % (it was 9 % with a
-    separate scratch buffer, a label column, the valid rows and a buffer of window sums)."""
+    No other working memory: the kernel ranks falling window ids inside `win` before it writes
+    the windows, so the backward needs only rows_gt and win, 32 bytes per clip."""
 
     def __init__(self, labels: Tensor, inv: Tensor, interp: bool, valid_rows: bool = True):
         B, T = labels.shape
@@ -275,15 +123,10 @@ def _ct(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def forward(emb: Tensor, labels: Tensor, opts: tuple):
+def forward(emb: Tensor, labels: Tensor, opts: FusedOptions, kcap: int) -> FusedOutputs:
     k, tau, positives, negatives, radius, mmax, mbase, mscale, want_clip, want_boun = opts
-    labels = labels.to(torch.int64).contiguous()
     B, T = labels.shape
     dev = emb.device
-    check_limits(T, k, want_clip)
-    kcap = kcap_for(k, T)
-    if emb.numel() == 0:
-        return forward_outputs(B, T, kcap, dev, empty=True)
     f64 = dict(dtype=torch.float64, device=dev)
     # the losses in the output dtype and the flags as bool: the custom op returns them as they
     # are (the kernel rounds the float64 loss once, on store)
@@ -335,18 +178,13 @@ def forward(emb: Tensor, labels: Tensor, opts: tuple):
         BP=BP, BPK=BPK, BK=blk.BK, BW=blk.BW, BO=blk.BO, BKW=blk.BKW,
         BKP=blk.pair_cols(KP, blk.BK), BJ=KP if blk.interp else max(1, min(KP, 8192 // KP)),
         CT=CT, num_warps=blk.warps)
-    return loss_c, has_c, loss_b, has_b, lse, lval, pairs, inv
+    return FusedOutputs(loss_c, has_c, loss_b, has_b, lse, lval, pairs, inv)
 
 
-def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_boun: Tensor,
-             has_clip: Tensor, has_boun: Tensor, lse: Tensor, lval: Tensor, pairs: Tensor,
-             inv: Tensor):
+def backward(emb: Tensor, labels: Tensor, opts: FusedOptions, grad_clip: Tensor,
+             grad_boun: Tensor, saved: SavedForBackward, grad: Tensor) -> None:
     k, tau, positives, negatives, radius, mmax, mbase, mscale, want_clip, want_boun = opts
-    labels = labels.to(torch.int64).contiguous()
-    grad, saved = backward_buffers(emb, (has_clip, has_boun, lse, lval, pairs, inv))
     grad.zero_()  # the kernels accumulate into it
-    if emb.numel() == 0:
-        return grad
     B, T, D = emb.shape
     is64 = emb.dtype == torch.float64
     CT = _ct(emb.dtype)
@@ -380,8 +218,4 @@ def backward(emb: Tensor, labels: Tensor, opts: tuple, grad_clip: Tensor, grad_b
         emb, labels, inv, bad, grad, pairs, coef, *_view(emb), kcap, HAS_NEG=has_neg, BM=BMc,
         BN=64 if blk.interp else 16, BK=blk.BKV if blk.interp else blk.BK, CT=CT,
         IS_F64=is64, num_warps=blk.warps)
-    return grad
 
-
-OPS = (register_fused_backend("triton", ("cpu", "cuda"), forward, backward, upstream_as_is=True)
-       if available() else None)

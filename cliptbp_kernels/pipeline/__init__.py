@@ -1,0 +1,9 @@
+"""A reference moment retrieval pipeline built on the public API of `cliptbp_kernels`.
+
+Data loaders (`data`: QVHighlights / TACoS annotations and features), a synthetic data set
+(`synthetic`), a small model (`model`), the QVHighlights evaluation (`eval`), training
+(`train`) and the with/without-ClipTBP comparison (`compare`). It shows the losses working end
+to end; the losses library never imports it. Commands: ``cliptbp-synthetic``,
+``cliptbp-train``, ``cliptbp-eval``, ``cliptbp-compare`` (or ``python -m
+cliptbp_kernels.pipeline.<module>``).
+"""
