@@ -15,13 +15,13 @@
 #   smoke      one call per available backend (triton included) on CUDA tensors,
 #              determinism, TF32 off,
 #              the CUDA module's runtime (scripts/gpu_smoke.py)
-#   gputests   the GPU tests (tests/test_gpu.py: every GPU backend against docs/losses.md, and the
+#   gputests   the GPU tests (tests/backends/test_gpu.py: every GPU backend against docs/losses.md, and the
 #              API / custom-op tests that use CUDA), with the Triton kernels compiled
 #              (TRITON_INTERPRET=0), in parallel workers when pytest-xdist is installed
 #   tests      gputests, then the whole suite (TRITON_INTERPRET=0)
 #   sanitizer  compute-sanitizer memcheck, racecheck and synccheck over the smoke calls of
 #              every GPU backend, then memcheck and racecheck over the CUDA C++ backend's GPU
-#              tests (tests/test_gpu.py -k cuda, each run capped at 200 s)
+#              tests (tests/backends/test_gpu.py -k cuda, each run capped at 200 s)
 #   targets    the cases of the speed and memory targets only (bench.harness --targets) and
 #              their verdicts with the floor estimate (bench.targets, with the copy bandwidth
 #              and float32 rate measured on the card first), then the host time of a Triton
@@ -118,14 +118,14 @@ xdist_args() {
 # CPU interpreter, which would also serve CUDA tensors)
 stage_gputests() {
   # shellcheck disable=SC2046
-  TRITON_INTERPRET=0 "$PY" -m pytest -q -ra $(xdist_args) tests/test_gpu.py tests/test_api.py \
-    tests/test_custom_ops.py -p no:cacheprovider --junitxml "$WORK/tests_gpu.xml"
+  TRITON_INTERPRET=0 "$PY" -m pytest -q -ra $(xdist_args) tests/backends/test_gpu.py tests/library/test_api.py \
+    tests/backends/test_custom_ops.py -p no:cacheprovider --junitxml "$WORK/tests_gpu.xml"
 }
 
 stage_tests() {
   stage_gputests || return 1
-  TRITON_INTERPRET=0 "$PY" -m pytest -q -ra tests bench -p no:cacheprovider \
-    --ignore=tests/test_triton_compile.py --junitxml "$WORK/tests.xml"
+  TRITON_INTERPRET=0 "$PY" -m pytest -q -ra tests -p no:cacheprovider \
+    --ignore=tests/backends/test_triton_compile.py --junitxml "$WORK/tests.xml"
 }
 
 stage_sanitizer() {
@@ -138,7 +138,7 @@ stage_sanitizer() {
   # compilation under the sanitizer takes most of the time budget)
   for tool in memcheck racecheck; do
     TRITON_INTERPRET=0 timeout 200 "$cs" --tool "$tool" --error-exitcode 9 \
-      "$PY" -m pytest -q -x tests/test_gpu.py -k "cuda and not triton" -p no:cacheprovider \
+      "$PY" -m pytest -q -x tests/backends/test_gpu.py -k "cuda and not triton" -p no:cacheprovider \
       > "$WORK/${tool}_gpu_tests.log" 2>&1
     local code=$?
     tail -n 5 "$WORK/${tool}_gpu_tests.log"

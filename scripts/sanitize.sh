@@ -35,7 +35,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 CXX_BIN="${CXX:-g++}"
 BUILD="${CLIPTBP_SANITIZE_DIR:-$ROOT/build/sanitize}"
 OPT="${CLIPTBP_SANITIZE_OPT:--O1}"
-TESTS="${CLIPTBP_SANITIZE_TESTS:-tests/test_fused_backends.py tests/test_custom_ops.py tests/test_failures.py tests/test_scale.py}"
+TESTS="${CLIPTBP_SANITIZE_TESTS:-tests/backends/test_fused_backends.py tests/backends/test_custom_ops.py tests/backends/test_failures.py tests/backends/test_scale.py}"
 LOGS="$BUILD/logs"
 
 start=$(date +%s)
@@ -138,7 +138,7 @@ export LD_PRELOAD="$ASAN_LIB $UBSAN_LIB${LD_PRELOAD:+ $LD_PRELOAD}"
 # detect_leaks=0: CPython and torch keep their allocations until exit by design.
 export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=0:detect_stack_use_after_return=1:check_initialization_order=1:strict_string_checks=1:log_path=$LOGS/asan${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$LOGS/ubsan${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
-# torch.compile (tests/test_custom_ops.py): compile in-process rather than in a pool of
+# torch.compile (tests/backends/test_custom_ops.py): compile in-process rather than in a pool of
 # worker processes (its C++ compiler runs inherit the preload, which is harmless).
 export TORCHINDUCTOR_COMPILE_THREADS=1
 

@@ -28,7 +28,7 @@ fi
 
 t=$SECONDS
 prc=0
-.venv/bin/python -m pytest -q tests bench "$@" || prc=$?
+.venv/bin/python -m pytest -q tests "$@" || prc=$?
 took "pytest" "$t"
 if [ "$prc" -eq 5 ]; then
   echo "test.sh: pytest collected no tests: treating that as a failure" >&2

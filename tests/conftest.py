@@ -3,12 +3,13 @@ the Triton kernels can run on CPU tensors through the interpreter; CLIPTBP_CUDA_
 lets the CUDA kernels run on CPU tensors through their emulation (module _C_cuda_emu). Both
 make "triton" and "cuda" fused backends of CPU tensors, so every backend test runs them.
 
-Hypothesis profiles for tests/test_properties.py (chosen with HYPOTHESIS_PROFILE, default "ci"):
+Hypothesis profiles for tests/backends/test_properties.py (chosen with HYPOTHESIS_PROFILE,
+default "ci"):
 
 * "ci": bounded (the property file takes well under 90 s on 2 cores) and derandomized, so a
   CI run is reproducible; failures print the blob that replays them.
 * "long": many more examples, random each run (the example database keeps failures):
-  ``HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest -q tests/test_properties.py``
+  ``HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest -q tests/backends/test_properties.py``
 """
 
 import os
@@ -19,7 +20,7 @@ os.environ.setdefault("CLIPTBP_CUDA_EMULATE", "1")
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "helpers"))  # cases, oracle, paths
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

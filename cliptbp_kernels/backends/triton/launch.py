@@ -34,7 +34,7 @@ def available() -> bool:
 
 
 # When set (by `record_launches`), launches are recorded instead of run: the GPU compile
-# check (tests/test_triton_compile.py) compiles exactly what the launchers would launch.
+# check (tests/backends/test_triton_compile.py) compiles exactly what the launchers would launch.
 _RECORDER: Optional[list] = None
 
 

@@ -165,7 +165,8 @@ def ref_pairs(emb, labels, k=20, positives="any", negatives="cross"):
                                          negatives=negatives)
 
 
-# The Triton backend's index lists (tests/test_triton_launch.py, tests/test_gpu.py)
+# The Triton backend's index lists (tests/backends/test_triton_launch.py,
+# tests/backends/test_gpu.py)
 
 
 def expected_lists(labels: torch.Tensor, inv: torch.Tensor):

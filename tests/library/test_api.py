@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
-from cases import make_batch
 
 import cliptbp_kernels as ck
+from cases import make_batch
 from cliptbp_kernels import backends as _backends
 from cliptbp_kernels.backends import cuda as _cuda_backend
 from cliptbp_kernels.backends import triton as _triton_backend

@@ -2,13 +2,13 @@
 the choice of the best candidate."""
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
 from cliptbp_kernels.backends.triton import blocks as _triton_backend
+from paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 _spec = importlib.util.spec_from_file_location("gpu_tune", ROOT / "scripts" / "gpu_tune.py")
 gpu_tune = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(gpu_tune)

@@ -10,6 +10,7 @@ import torch
 
 import cliptbp_kernels as ck
 from bench import harness, plot
+from paths import REPO
 
 FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
 
@@ -269,7 +270,7 @@ def test_host_time_of_both_paths():
     env = dict(os.environ, TRITON_INTERPRET="1")
     out = subprocess.run([sys.executable, "-m", "bench.host", "--shape", "4,20", "--repeats",
                           "3"], env=env, capture_output=True, text=True, timeout=600,
-                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         cwd=str(REPO))
     assert out.returncode == 0, out.stderr
     rows = [line.split("|")[1:-1] for line in out.stdout.splitlines()
             if line.startswith("| eager") or line.startswith("| custom op")]

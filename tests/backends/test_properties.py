@@ -11,7 +11,7 @@ float64); every option (k 0..300, tau, positives, negatives, radius 1..4, margin
 reduction.
 
 The float64 evaluation is the PyTorch reference run in float64 on the same values (for tiny
-inputs it is itself checked against the loop oracle of tests/oracle.py). The float32
+inputs it is itself checked against the loop oracle of tests/helpers/oracle.py). The float32
 *reference* is never used as the yardstick: for float32 inputs whose squares overflow or
 underflow float32 it is not meant to be accurate.
 
@@ -41,10 +41,8 @@ import os
 import time
 import zlib
 from collections import defaultdict
-from pathlib import Path
 from typing import NamedTuple
 
-import oracle
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,6 +50,8 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import cliptbp_kernels as ck
+import oracle
+from paths import REPO
 
 FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
 pytestmark = pytest.mark.skipif(not FUSED, reason="no fused backend built")
@@ -93,7 +93,7 @@ def _write_counts():
     yield
     if not COUNTS:
         return
-    out = Path(__file__).resolve().parents[1] / ".hypothesis"
+    out = REPO / ".hypothesis"
     out.mkdir(exist_ok=True)
     data = {
         "profile": _profile(),

@@ -12,8 +12,9 @@ import pytest
 
 from cliptbp_kernels.pipeline.data import load_qvhighlights, load_tacos, read_annotations
 from cliptbp_kernels.pipeline.synthetic import generate, main
+from paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 
 def tree(root):

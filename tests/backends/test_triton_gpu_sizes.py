@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import cliptbp_kernels as ck
 from cases import (
     block_edge_labels,
     check_against_spec,
@@ -20,8 +22,6 @@ from cases import (
     random_labels,
     ref_pairs,
 )
-
-import cliptbp_kernels as ck
 from cliptbp_kernels.backends import triton as TB
 from cliptbp_kernels.backends.triton import launch
 

@@ -1,8 +1,8 @@
 """Scale limits of the CPU backend: pair indices far past 2^32, window ids near 2^31, memory
 that grows linearly in T, and the documented limit on T (checked before any kernel runs).
 
-tests/test_custom_ops.py already checks T = 65,536 with negatives="cross" and GT clips near the
-end; these tests complement it."""
+tests/backends/test_custom_ops.py already checks T = 65,536 with negatives="cross" and GT clips
+near the end; these tests complement it."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import textwrap
 
 import pytest
 import torch
-from oracle import oracle_boundary, oracle_clip
 
 import cliptbp_kernels as ck
 from cliptbp_kernels._checks import check_emb_labels
 from cliptbp_kernels._options import MAX_T
+from oracle import oracle_boundary, oracle_clip
 
 HAS_CPU = "cpu" in ck.available_backends("cpu")
 needs_cpu = pytest.mark.skipif(not HAS_CPU, reason="the CPU extension is not built")

@@ -21,8 +21,9 @@ from cliptbp_kernels.pipeline.data import (
     read_annotations,
 )
 from cliptbp_kernels.pipeline.synthetic import generate
+from paths import SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -1,8 +1,8 @@
 """Failure behaviour: a failing kernel call raises a Python exception that names the cause,
 non-finite input poisons only its own sample on every backend, and nothing hangs or crashes.
 
-tests/test_fused_backends.py already checks one NaN / +-Inf clip in a windows sample (float32,
-default options) and NaN in padding; these tests complement it."""
+tests/backends/test_fused_backends.py already checks one NaN / +-Inf clip in a windows sample
+(float32, default options) and NaN in padding; these tests complement it."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import textwrap
 
 import pytest
 import torch
-from cases import make_batch, per_sample_value_and_grad
 
 import cliptbp_kernels as ck
+from cases import make_batch, per_sample_value_and_grad
 from cliptbp_kernels.backends import cpu as _cpu_backend
 
 HAS_CPU = _cpu_backend.available()
@@ -393,7 +393,8 @@ _NO_HANG = textwrap.dedent(
 
 def test_non_finite_inputs_never_hang_or_crash():
     env = dict(os.environ)
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    tests_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "helpers")
     env["PYTHONPATH"] = tests_dir + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", _NO_HANG], capture_output=True, text=True,
                           timeout=TIMEOUT, env=env)

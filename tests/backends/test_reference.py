@@ -2,16 +2,10 @@
 
 import itertools
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from oracle import oracle_boundary, oracle_candidates, oracle_clip  # noqa: E402
 
 from cliptbp_kernels.backends.reference import (  # noqa: E402
     boundary_margin_losses,
@@ -19,6 +13,7 @@ from cliptbp_kernels.backends.reference import (  # noqa: E402
     clip_pair_losses,
     hard_negative_pairs,
 )
+from oracle import oracle_boundary, oracle_candidates, oracle_clip  # noqa: E402
 
 OPTIONS = list(itertools.product(["any", "same"], ["cross", "all"]))
 BOUNDARY_DEFAULTS = dict(radius=1, margin_max=0.3, margin_base=0.1, margin_scale=0.1)

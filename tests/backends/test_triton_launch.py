@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import block_edge_labels, check_prep, random_labels
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from cases import block_edge_labels, check_prep, random_labels
 from cliptbp_kernels.backends import triton as TB
 
 pytestmark = pytest.mark.skipif(

@@ -20,7 +20,9 @@ from typing import Dict, List, Set
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from paths import REPO
+
+ROOT = REPO
 PUBLIC = {"cliptbp_kernels", "cliptbp_kernels.api", "cliptbp_kernels.criterion",
           "cliptbp_kernels.aux_loss", "cliptbp_kernels.labels", "cliptbp_kernels.adapters"}
 

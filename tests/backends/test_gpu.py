@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+import cliptbp_kernels as ck
 from cases import (
     PATTERNS,
     assert_grads_close,
@@ -12,8 +14,7 @@ from cases import (
     per_sample_value_and_grad,
     spec_eval,
 )
-
-import cliptbp_kernels as ck
+from paths import REPO
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -163,9 +164,8 @@ def test_gpu_ceilings_script_measures_the_card(tmp_path):
     import json
     import subprocess
     import sys
-    from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "scripts" / "gpu_ceilings.py"
+    script = REPO / "scripts" / "gpu_ceilings.py"
     out = tmp_path / "ceilings.json"
     subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, timeout=300)
     c = json.loads(out.read_text())

@@ -6,6 +6,8 @@ import itertools
 
 import pytest
 import torch
+
+import cliptbp_kernels as ck
 from cases import (
     PATTERNS,
     check_against_spec,
@@ -16,8 +18,6 @@ from cases import (
     sample_grad_error,
     spec_eval,
 )
-
-import cliptbp_kernels as ck
 
 FUSED = [b for b in ck.available_backends("cpu") if b != "reference"]
 OPTION_GRID = [

@@ -7,7 +7,7 @@ globals, dot shapes below 16, unsupported conversions. Each line also gives the 
 per thread and stack frame (local memory: spilled registers) from `cuobjdump
 --dump-resource-usage` (the one Triton ships), when that tool is there.
 
-    python tests/triton_compile.py [--arch 80,90] [--quick]
+    python tests/helpers/triton_compile.py [--arch 80,90] [--quick]
 
 Run without TRITON_INTERPRET (the kernels must be JIT functions, not interpreted ones).
 Prints one line per compiled variant and a summary; exits 1 on the first failure.

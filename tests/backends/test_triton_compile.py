@@ -1,7 +1,7 @@
 """The Triton kernels compile for the GPU targets (sm_90: H100/H200) on a machine without a
 GPU: every variant the launchers would launch, in a subprocess without the interpreter (see
-tests/triton_compile.py). The interpreter runs the kernels' semantics on the CPU; this checks
-what only the compiler sees."""
+tests/helpers/triton_compile.py). The interpreter runs the kernels' semantics on the CPU; this
+checks what only the compiler sees."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from cliptbp_kernels.backends import triton as _triton_backend
+from paths import REPO
 
 pytestmark = pytest.mark.skipif(not _triton_backend.available(), reason="triton is not installed")
 
-SCRIPT = Path(__file__).resolve().parent / "triton_compile.py"
+SCRIPT = REPO / "tests" / "helpers" / "triton_compile.py"
 
 
 def test_every_kernel_variant_compiles_for_sm90():

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import PATTERNS, make_batch, per_sample_value_and_grad
 
 import cliptbp_kernels as ck
+from cases import PATTERNS, make_batch, per_sample_value_and_grad
 from cliptbp_kernels import backends as _backends
 from cliptbp_kernels._options import FusedOptions, FusedOutputs, kcap_for
 from cliptbp_kernels.backends import cpu as _cpu_backend
