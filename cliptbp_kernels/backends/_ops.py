@@ -95,11 +95,12 @@ def _launch_buffers(saved: Sequence[Tensor]) -> SavedForBackward:
 class FusedOps(NamedTuple):
     """A fused backend's entry points.
 
-    `forward` / `backward`: the custom ops; `eager`: the same forward as an autograd Function
-    (no custom-op dispatch); `run_forward(emb, labels, opts) -> FusedOutputs` and
-    `run_backward(emb, labels, opts, grad_clip, grad_boun, saved) -> grad`: the computation
-    of both without autograd. `call`: `eager` where it is safe, else `forward` (see
-    `eager_ok`); it takes the forward's arguments and returns `FusedOutputs`.
+    `forward` / `backward`: the custom ops (options as separate arguments); `eager(emb, labels,
+    opts)`: the same forward as an autograd Function (no custom-op dispatch);
+    `run_forward(emb, labels, opts) -> FusedOutputs` and `run_backward(emb, labels, opts,
+    grad_clip, grad_boun, saved) -> grad`: the computation of both without autograd. `call`:
+    `eager` where it is safe, else `forward` (see `eager_ok`); it takes the checked options
+    and returns `FusedOutputs`.
     """
 
     forward: Callable
@@ -109,8 +110,9 @@ class FusedOps(NamedTuple):
     run_backward: Callable[..., Tensor]
 
     def call(self, emb: Tensor, labels: Tensor, opts: FusedOptions) -> FusedOutputs:
-        fn = self.eager if eager_ok(emb, labels) else self.forward
-        return FusedOutputs._make(fn(emb, labels, *opts))
+        if eager_ok(emb, labels):
+            return FusedOutputs._make(self.eager(emb, labels, opts))
+        return FusedOutputs._make(self.forward(emb, labels, *opts))
 
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
@@ -154,24 +156,28 @@ def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
     """
     qual = f"cliptbp::{name}"
 
-    def run_fwd(emb: Tensor, labels: Tensor, opts) -> FusedOutputs:
-        opts = FusedOptions._make(opts)
+    def run_fwd(emb: Tensor, labels: Tensor, opts) -> tuple:
+        """The forward's outputs as a plain tuple in `FusedOutputs` order (the hot path: the
+        named tuple is built once, by the caller that wants names)."""
+        if type(opts) is not FusedOptions:
+            opts = FusedOptions._make(opts)
         labels = labels.to(torch.int64).contiguous()
-        B, T = labels.shape
+        T = labels.shape[1]
         if limits is not None:
-            check_limits(name, T, opts.k, opts.want_clip, limits)
-        kcap = kcap_for(opts.k, T)
+            check_limits(name, T, opts[0], opts.want_clip, limits)
+        kcap = kcap_for(opts[0], T)
         if emb.numel() == 0:
-            out = _empty_input_outputs(B, T, kcap, emb.device)
+            out = _empty_input_outputs(labels.shape[0], T, kcap, emb.device)
         else:
             out = fwd_impl(emb, labels, opts, kcap)
         dtype = compute_dtype(emb.dtype)
-        return out._replace(loss_clip=out.loss_clip.to(dtype), has_clip=out.has_clip.bool(),
-                            loss_boun=out.loss_boun.to(dtype), has_boun=out.has_boun.bool())
+        return (out[0].to(dtype), out[1].bool(), out[2].to(dtype), out[3].bool(), out[4],
+                out[5], out[6], out[7])
 
     def run_bwd(emb: Tensor, labels: Tensor, opts, grad_clip: Tensor, grad_boun: Tensor,
                 saved: Sequence[Tensor]) -> Tensor:
-        opts = FusedOptions._make(opts)
+        if type(opts) is not FusedOptions:
+            opts = FusedOptions._make(opts)
         if not upstream_as_is:
             grad_clip = grad_clip.double().contiguous()
             grad_boun = grad_boun.double().contiguous()
@@ -191,7 +197,7 @@ def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
     @torch.library.custom_op(f"{qual}_fwd", mutates_args=(), device_types=device_types,
                              schema=_FWD_SCHEMA)
     def fwd(emb, labels, *opts):
-        return tuple(run_fwd(emb, labels, opts))
+        return run_fwd(emb, labels, opts)
 
     @fwd.register_fake
     def _(emb, labels, *opts):
@@ -217,7 +223,7 @@ def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
 
     def setup_context(ctx, inputs, output):
         emb, labels = inputs[0], inputs[1]
-        saved = FusedOutputs._make(output).saved
+        saved = output[1:2] + output[3:]  # SavedForBackward's fields
         ctx.save_for_backward(emb, labels, *saved)
         ctx.opts = tuple(inputs[2:])
         ctx.mark_non_differentiable(*saved)
@@ -240,32 +246,35 @@ def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
 
     bwd.register_autograd(no_double_backward, setup_context=bwd_setup)
 
-    def eager_forward(ctx, emb, labels, *opts):
+    def eager_forward(ctx, emb, labels, opts):
         out = run_fwd(emb, labels, opts)
-        saved = out.saved
+        saved = out[1:2] + out[3:]  # SavedForBackward's fields
         ctx.save_for_backward(emb, labels, *saved)
         ctx.opts = opts
         ctx.mark_non_differentiable(*saved)
         ctx.set_materialize_grads(False)
-        return tuple(out)
+        return out
 
     def eager_backward(ctx, grad_clip, _grad_has_clip, grad_boun, *unused):
         if not ctx.needs_input_grad[0]:
-            return (None,) * (2 + len(ctx.opts))
+            return None, None, None
         emb, labels, *saved = ctx.saved_tensors
         with torch.no_grad():
             grad = run_bwd(emb, labels, ctx.opts, upstream(grad_clip, emb),
                            upstream(grad_boun, emb), saved)
         if torch.is_grad_enabled():  # create_graph=True: a second backward must fail
             grad = _FirstOrderGrad.apply(grad, emb)
-        return (grad,) + (None,) * (1 + len(ctx.opts))
+        return grad, None, None
 
     # the forward custom op's computation and autograd formula without its dispatch; named
     # per backend (its graph node reads e.g. TritonFusedLossesBackward)
     Eager = type(f"{name.capitalize()}FusedLosses", (torch.autograd.Function,), {
         "__doc__": f"Eager path of cliptbp::{name}_fwd (see `FusedOps`).",
         "forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)})
-    return FusedOps(fwd, bwd, Eager.apply, run_fwd, run_bwd)
+    def run_forward(emb: Tensor, labels: Tensor, opts) -> FusedOutputs:
+        return FusedOutputs._make(run_fwd(emb, labels, opts))
+
+    return FusedOps(fwd, bwd, Eager.apply, run_forward, run_bwd)
 
 
 class _FirstOrderGrad(torch.autograd.Function):

@@ -172,12 +172,13 @@ def test_eager_path_equals_custom_op_bitwise(backend, dtype):
     g = torch.rand(4, dtype=loss_dtype, generator=torch.Generator().manual_seed(1))
     for opts in OPTS:
         for grads in ((g, g.flip(0)), (None, g), (g, None)):
-            got_out, got_grad = _run_path(ops.eager, emb, labels, opts, grads)
+            got_out, got_grad = _run_path(lambda e, lab, *o: ops.eager(e, lab, FusedOptions(*o)),
+                                          emb, labels, opts, grads)
             want_out, want_grad = _run_path(ops.forward, emb, labels, opts, grads)
             for a, b in zip(got_out, want_out):
                 assert a.dtype == b.dtype and torch.equal(a, b)
             assert got_grad.dtype == want_grad.dtype and torch.equal(got_grad, want_grad)
-    out = ops.eager(emb.clone().requires_grad_(True), labels, *OPTS[0])
+    out = ops.eager(emb.clone().requires_grad_(True), labels, FusedOptions(*OPTS[0]))
     assert type(out[0].grad_fn).__name__ == f"{backend.capitalize()}FusedLossesBackward"
 
 
