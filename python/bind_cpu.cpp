@@ -6,7 +6,7 @@
 
 #include <cstdint>
 
-#include "../csrc/cpu/clip_boundary_cpu.h"
+#include "cpu/losses.h"
 #include "cliptbp/common.h"
 #include "convert.h"
 
@@ -40,7 +40,7 @@ PYBIND11_MODULE(_C_cpu, m) {
       py::arg("has_clip"), py::arg("loss_boun"), py::arg("has_boun"), py::arg("lse_pos"),
       py::arg("neg_sum"), py::arg("pairs"), py::arg("kcap"), py::arg("inv_norm"),
       py::arg("num_threads"),
-      "Forward of L_clip / L_boun into caller-allocated buffers (see clip_boundary_cpu.h). "
+      "Forward of L_clip / L_boun into caller-allocated buffers (see csrc/cpu/losses.h). "
       "`emb` is (data_ptr, dtype code, B, T, D, stride_b, stride_t, stride_d), `options` is "
       "(k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale, "
       "want_clip, want_boun).");

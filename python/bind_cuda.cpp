@@ -5,7 +5,7 @@
 // and csrc/cuda/losses.h. Data pointers and streams are passed as Python ints.
 //
 // With CLIPTBP_CUDA_EMULATE defined the same file builds cliptbp_kernels._C_cuda_emu: the
-// loss kernels compiled for the CPU emulation (csrc/cuda/emulate.h), on host pointers, for
+// loss kernels compiled for the CPU emulation (csrc/cuda_emu/emulate.h), on host pointers, for
 // testing the kernels where no GPU is present. The runtime queries are left out there.
 #include <pybind11/pybind11.h>
 

@@ -13,7 +13,7 @@
 #pragma once
 
 #if defined(CLIPTBP_CUDA_EMULATE)
-#include "emulate.h"
+#include "cuda_emu/emulate.h"
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>

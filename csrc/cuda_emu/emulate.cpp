@@ -1,4 +1,4 @@
-// Fiber scheduler of the CUDA emulation (csrc/cuda/emulate.h).
+// Fiber scheduler of the CUDA emulation (csrc/cuda_emu/emulate.h).
 #include "emulate.h"
 
 #include <cstdio>

@@ -13,7 +13,7 @@
 // Backward, exactly sparse: the GT x GT block of positive pairs (row-blocked, each row of the
 // gradient written by one item), then the chosen negatives and the boundary terms of each
 // sample in a fixed order, then the chain rule through the normalisation.
-#include "clip_boundary_cpu.h"
+#include "losses.h"
 
 #include <omp.h>
 
