@@ -151,14 +151,17 @@ def test_auto_backend_prefers_fused_on_cpu():
         assert torch.equal(x, y)
 
 
-def _run_path(fn, emb, labels, opts, grads):
-    """Outputs of `fn` (a forward entry point) and d emb for upstream gradients `grads`
-    ((clip, boun); None leaves that loss out of the graph)."""
+def _run_path(fn, emb, labels, opts, grad_sets):
+    """Outputs of `fn` (a forward entry point) and d emb for each pair of upstream gradients
+    in `grad_sets` ((clip, boun); None leaves that loss out of the backward), one forward."""
     e = emb.clone().requires_grad_(True)
     out = fn(e, labels, *opts)
-    used = [(o, g) for o, g in ((out[0], grads[0]), (out[2], grads[1])) if g is not None]
-    torch.autograd.backward([o for o, _ in used], [g for _, g in used])
-    return [t.detach() for t in out], e.grad
+    grads = []
+    for gc, gb in grad_sets:
+        used = [(o, g) for o, g in ((out[0], gc), (out[2], gb)) if g is not None]
+        grads.append(torch.autograd.grad([o for o, _ in used], e, [g for _, g in used],
+                                         retain_graph=True)[0])
+    return [t.detach() for t in out], grads
 
 
 @pytest.mark.parametrize("backend", FUSED)
@@ -170,13 +173,14 @@ def test_eager_path_equals_custom_op_bitwise(backend, dtype):
     emb, labels = make_batch(4, 19, 6, list(PATTERNS), seed=7, dtype=dtype)
     loss_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     g = torch.rand(4, dtype=loss_dtype, generator=torch.Generator().manual_seed(1))
+    grad_sets = ((g, g.flip(0)), (None, g), (g, None))
     for opts in OPTS:
-        for grads in ((g, g.flip(0)), (None, g), (g, None)):
-            got_out, got_grad = _run_path(lambda e, lab, *o: ops.eager(e, lab, FusedOptions(*o)),
-                                          emb, labels, opts, grads)
-            want_out, want_grad = _run_path(ops.forward, emb, labels, opts, grads)
-            for a, b in zip(got_out, want_out):
-                assert a.dtype == b.dtype and torch.equal(a, b)
+        got_out, got_grads = _run_path(lambda e, lab, *o: ops.eager(e, lab, FusedOptions(*o)),
+                                       emb, labels, opts, grad_sets)
+        want_out, want_grads = _run_path(ops.forward, emb, labels, opts, grad_sets)
+        for a, b in zip(got_out, want_out):
+            assert a.dtype == b.dtype and torch.equal(a, b)
+        for got_grad, want_grad in zip(got_grads, want_grads):
             assert got_grad.dtype == want_grad.dtype and torch.equal(got_grad, want_grad)
     out = ops.eager(emb.clone().requires_grad_(True), labels, FusedOptions(*OPTS[0]))
     assert type(out[0].grad_fn).__name__ == f"{backend.capitalize()}FusedLossesBackward"
