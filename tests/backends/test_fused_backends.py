@@ -13,6 +13,7 @@ from cases import (
     check_against_spec,
     exact_tie_batch,
     make_batch,
+    pairwise_cover,
     per_sample_value_and_grad,
     ref_pairs,
     sample_grad_error,
@@ -32,15 +33,23 @@ pytestmark = pytest.mark.skipif(not FUSED, reason="no fused backend built")
 # tests take the smallest sizes that cross the same tiles: interpreter tiles are min(64, T)
 # rows by min(256, T) columns, both rounded up to a power of two (backends/triton/blocks.py).
 # T = 75 and T = 77 both give two 64-row tiles and one 128-column tile there, as does T = 65,
-# which Triton runs instead of both.
-SPEC_SHAPES = [(b, T) for b in FUSED
-               for T in ((1, 2, 5, 65) if b == "triton" else (1, 2, 5, 75, 77))]
+# which Triton runs instead of both. There, the dtypes and options run as a pairwise cover
+# (every dtype with every option value, every positives with every negatives value).
+def _spec_grid():
+    grid = []
+    for backend in FUSED:
+        for T in (1, 2, 5, 65) if backend == "triton" else (1, 2, 5, 75, 77):
+            axes = ((torch.float32, torch.float64), ("any", "same"), ("cross", "all"))
+            rows = (pairwise_cover(*axes) if (backend, T) == ("triton", 65)
+                    else itertools.product(*axes))
+            grid += [pytest.param(backend, T, dict(positives=p, negatives=n), dtype,
+                                  id=f"{backend}-{T}-{p}-{n}-{str(dtype)[6:]}")
+                     for dtype, p, n in rows]
+    return grid
 
 
-@pytest.mark.parametrize(("backend", "T"), SPEC_SHAPES)
-@pytest.mark.parametrize("opts", OPTION_GRID, ids=lambda o: f"{o['positives']}-{o['negatives']}")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_matches_spec(backend, opts, T, dtype):
+@pytest.mark.parametrize(("backend", "T", "opts", "dtype"), _spec_grid())
+def test_matches_spec(backend, T, opts, dtype):
     emb, labels = make_batch(len(ALL_PATTERNS), T, 19, ALL_PATTERNS, seed=T, dtype=dtype)
     check_against_spec(backend, emb, labels, k=7, tau=0.1, radius=1, **opts)
 
@@ -77,9 +86,17 @@ def test_ties_from_duplicated_clips(backend, opts):
     check_against_spec(backend, emb, labels, k=9, **opts)
 
 
-@pytest.mark.parametrize("backend", FUSED)
-@pytest.mark.parametrize("opts", OPTION_GRID, ids=lambda o: f"{o['positives']}-{o['negatives']}")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def _tie_grid():
+    # Triton: a pairwise cover of dtypes and options (see _spec_grid)
+    axes = ((torch.float32, torch.float64, torch.bfloat16), ("any", "same"), ("cross", "all"))
+    return [pytest.param(backend, dict(positives=p, negatives=n), dtype,
+                         id=f"{backend}-{p}-{n}-{str(dtype)[6:]}")
+            for backend in FUSED
+            for dtype, p, n in (pairwise_cover(*axes) if backend == "triton"
+                                else itertools.product(*axes))]
+
+
+@pytest.mark.parametrize(("backend", "opts", "dtype"), _tie_grid())
 def test_exact_ties_follow_the_tie_rule(backend, opts, dtype):
     # Triton: T = 20 crosses the same interpreter tiles as 30 (one 32 x 32 tile) with less
     # than half the candidate pairs; k = 500 exceeds them in both
@@ -287,11 +304,12 @@ def test_outputs_attached_when_constant(backend):
 def test_deterministic_across_runs_and_threads(backend):
     # Triton: T = 70 crosses the same interpreter tiles as 120 (two 64-row tiles, one
     # 128-column tile); its interpreted kernels run on one thread whatever the setting, so a
-    # run-to-run repeat and one other thread count cover what threads can change (host ops)
+    # second run with another thread count is both the repeat and what threads can change
+    # (host ops)
     triton = backend == "triton"
     emb, labels = make_batch(6, 70 if triton else 120, 48, ALL_PATTERNS, seed=15)
     results = []
-    for threads in (1, 1, 3) if triton else (1, 2, 1, 3):
+    for threads in (1, 3) if triton else (1, 2, 1, 3):
         torch.set_num_threads(threads)
         for opts in OPTION_GRID:
             results.append((threads, opts, per_sample_value_and_grad(backend, emb, labels,
@@ -304,3 +322,11 @@ def test_deterministic_across_runs_and_threads(backend):
                 assert torch.equal(a, b), f"not bitwise equal with {threads} threads, {opts}"
         else:
             by_opts[key] = res
+
+
+def test_pairwise_cover_keeps_every_pair():
+    axes = ((torch.float32, torch.float64, torch.bfloat16), ("any", "same"), ("cross", "all"))
+    rows = pairwise_cover(*axes)
+    assert len(rows) < len(list(itertools.product(*axes)))
+    for a, b in itertools.combinations(range(len(axes)), 2):
+        assert {(r[a], r[b]) for r in rows} == set(itertools.product(axes[a], axes[b]))

@@ -242,3 +242,24 @@ def block_edge_labels(block: int = 4096) -> torch.Tensor:
     labels[2, T * 5 // 9:] = 3
     labels[2, block] = 2
     return labels
+
+
+def pairwise_cover(*axes):
+    """A subset of the product of ``axes`` in which every pair of values of any two axes occurs
+    at least once (greedy, deterministic, in product order). Each value of every axis still
+    runs, and so does every combination of two; only the higher-order combinations are left
+    out. The interpreted Triton tests use it where the full product would cost minutes."""
+    import itertools
+
+    full = list(itertools.product(*axes))
+
+    def pairs(row):
+        return {(a, row[a], b, row[b]) for a, b in itertools.combinations(range(len(row)), 2)}
+
+    todo = set().union(*(pairs(r) for r in full)) if full else set()
+    chosen = []
+    while todo:
+        best = max(full, key=lambda r: len(pairs(r) & todo))
+        chosen.append(best)
+        todo -= pairs(best)
+    return chosen or full
