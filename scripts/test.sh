@@ -109,7 +109,9 @@ else
   wait "$pid1" || s1=$?
   echo "test.sh: ---- shard 1 (${SHARD1[*]}; then the sanitizer) ----"
   cat "$LOGS/shard1.log"
-  took "pytest (both shards) and the sanitizer" "$t"
+  label="pytest (both shards)"
+  [ "$sanitize" != "1" ] || label="$label and the sanitizer"
+  took "$label" "$t"
   for s in "$s1" "$s2"; do
     if [ "$s" -ne 0 ] && [ "$rc" -eq 0 ]; then rc=$s; fi
   done

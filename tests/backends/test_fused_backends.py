@@ -35,17 +35,21 @@ pytestmark = pytest.mark.skipif(not FUSED, reason="no fused backend built")
 # T = 75 and T = 77 both give two 64-row tiles and one 128-column tile there, as does T = 65,
 # which Triton runs instead of both. There, the dtypes and options run as a pairwise cover
 # (every dtype with every option value, every positives with every negatives value).
+def _dtype_option_params(head, dtypes, cover):
+    """pytest params ``(*head, opts, dtype)``: every dtype with every OPTION_GRID entry, or a
+    pairwise cover of them when ``cover``."""
+    axes = (dtypes, ("any", "same"), ("cross", "all"))
+    rows = pairwise_cover(*axes) if cover else itertools.product(*axes)
+    return [pytest.param(*head, dict(positives=p, negatives=n), d,
+                         id="-".join(map(str, (*head, p, n, str(d)[6:]))))
+            for d, p, n in rows]
+
+
 def _spec_grid():
-    grid = []
-    for backend in FUSED:
-        for T in (1, 2, 5, 65) if backend == "triton" else (1, 2, 5, 75, 77):
-            axes = ((torch.float32, torch.float64), ("any", "same"), ("cross", "all"))
-            rows = (pairwise_cover(*axes) if (backend, T) == ("triton", 65)
-                    else itertools.product(*axes))
-            grid += [pytest.param(backend, T, dict(positives=p, negatives=n), dtype,
-                                  id=f"{backend}-{T}-{p}-{n}-{str(dtype)[6:]}")
-                     for dtype, p, n in rows]
-    return grid
+    return [param for backend in FUSED
+            for T in ((1, 2, 5, 65) if backend == "triton" else (1, 2, 5, 75, 77))
+            for param in _dtype_option_params((backend, T), (torch.float32, torch.float64),
+                                              cover=(backend, T) == ("triton", 65))]
 
 
 @pytest.mark.parametrize(("backend", "T", "opts", "dtype"), _spec_grid())
@@ -88,12 +92,10 @@ def test_ties_from_duplicated_clips(backend, opts):
 
 def _tie_grid():
     # Triton: a pairwise cover of dtypes and options (see _spec_grid)
-    axes = ((torch.float32, torch.float64, torch.bfloat16), ("any", "same"), ("cross", "all"))
-    return [pytest.param(backend, dict(positives=p, negatives=n), dtype,
-                         id=f"{backend}-{p}-{n}-{str(dtype)[6:]}")
-            for backend in FUSED
-            for dtype, p, n in (pairwise_cover(*axes) if backend == "triton"
-                                else itertools.product(*axes))]
+    return [param for backend in FUSED
+            for param in _dtype_option_params(
+                (backend,), (torch.float32, torch.float64, torch.bfloat16),
+                cover=backend == "triton")]
 
 
 @pytest.mark.parametrize(("backend", "opts", "dtype"), _tie_grid())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 import cliptbp_kernels as ck
@@ -249,8 +251,6 @@ def pairwise_cover(*axes):
     at least once (greedy, deterministic, in product order). Each value of every axis still
     runs, and so does every combination of two; only the higher-order combinations are left
     out. The interpreted Triton tests use it where the full product would cost minutes."""
-    import itertools
-
     full = list(itertools.product(*axes))
 
     def pairs(row):
