@@ -21,6 +21,16 @@ took() { echo "test.sh: $1 took $(( (SECONDS - $2) / 60 )) min $(( (SECONDS - $2
 bash scripts/setup.sh
 took "setup" "$T0"
 
+# Idle threads sleep instead of spinning. The suite runs two pytest processes on the cores
+# (below), each with torch's OpenMP threads and, under the Triton interpreter, numpy's
+# OpenBLAS threads; a thread that spin-waits for a sibling the scheduler has taken off its
+# core burns a whole time slice (two processes doing small matrix products side by side took
+# 20x the CPU time of one alone). OpenBLAS gets one thread (the interpreter's matrices are
+# small), torch keeps its thread count (the CPU kernels' parallel paths still run) with
+# passive waits. Either can be overridden from the environment.
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+
 rc=0
 echo "test.sh: ruff check"
 if ! .venv/bin/ruff check .; then
