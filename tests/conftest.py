@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 # the autouse thread-count fixture below is function scoped; it only restores a setting
 _SUPPRESS = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
              HealthCheck.data_too_large, HealthCheck.large_base_example]
-settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True,
                           print_blob=True, suppress_health_check=_SUPPRESS)
 settings.register_profile("long", max_examples=10000, deadline=None, print_blob=True,
                           suppress_health_check=_SUPPRESS)

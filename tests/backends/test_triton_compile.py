@@ -1,6 +1,7 @@
 """The Triton kernels compile for the GPU targets (sm_90: H100/H200) on a machine without a
-GPU: every variant the launchers would launch, in a subprocess without the interpreter (see
-tests/helpers/triton_compile.py). The interpreter runs the kernels' semantics on the CPU; this
+GPU: the variants the launchers launch over the planned inputs (every kernel with every input
+dtype, every constexpr value on float32 and float64), in a subprocess without the interpreter
+(see tests/helpers/triton_compile.py). The interpreter runs the kernels' semantics on the CPU; this
 checks what only the compiler sees."""
 
 from __future__ import annotations

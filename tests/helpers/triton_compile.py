@@ -1,11 +1,13 @@
-"""Compile every Triton kernel the launchers would launch, for real GPU targets, on a machine
+"""Compile the Triton kernels as the launchers launch them, for real GPU targets, on a machine
 without a GPU: the launchers run on CPU tensors with launches recorded instead of run
-(`cliptbp_kernels.backends.triton.record_launches`), and each distinct (kernel, signature,
-constexprs) is compiled to a cubin with `triton.compile` for the targets given (default: sm_80
-and sm_90). This catches what the interpreter cannot: type errors in branches, non-constexpr
-globals, dot shapes below 16, unsupported conversions. Each line also gives the variant's registers
-per thread and stack frame (local memory: spilled registers) from `cuobjdump
---dump-resource-usage` (the one Triton ships), when that tool is there.
+(`cliptbp_kernels.backends.triton.record_launches`) over the inputs and options of `PLAN`
+(every kernel with every input dtype, every constexpr value on float32 and float64), and each
+distinct (kernel, signature, constexprs) is compiled to a cubin with `triton.compile` for the
+targets given (default: sm_80 and sm_90). This catches what the interpreter cannot: type
+errors in branches, non-constexpr globals, dot shapes below 16, unsupported conversions. Each
+line also gives the variant's registers per thread and stack frame (local memory: spilled
+registers) from `cuobjdump --dump-resource-usage` (the one Triton ships), when that tool is
+there.
 
     python tests/helpers/triton_compile.py [--arch 80,90] [--quick]
 
@@ -67,38 +69,31 @@ def resource_usage(cubin: bytes) -> str:
     return f"REG:{m.group(1)} STACK:{m.group(2)}" if m else ""
 
 
-# (B, T, D) per input dtype. The long video with D = 256 gives every dtype its largest tiles
-# (where registers spill first); the short one with D = 19 the small-D block sizes, compiled
-# for float32 and float64 only: float16 and bfloat16 take float32's block sizes at every D,
-# so they add no variant there that differs in more than the load conversion, which the long
-# video compiles already.
+# What each input dtype is compiled with: (B, T, D) shapes, each with the indices of the option
+# sets of main it runs. The long video with D = 256 gives every dtype its largest tiles (where
+# registers spill first) and runs every option set on float32 and float64; the short one with
+# D = 19 gives the small-D block sizes, which do not depend on the options beyond k, so it runs
+# k = 20 and k = 300 (float32 and float64 only: float16 and bfloat16 take float32's block
+# sizes at every D). float16 and bfloat16 differ from float32 only in the input loads, so they
+# share the option sets out: every kernel still compiles for each of them, float16 with k = 20
+# and k = 0 (the chain kernel with and without hard negatives, L_clip off), bfloat16 with
+# k = 300 (the largest top-k tiles, positives "same", negatives "all") and k = 1 (L_boun off).
 LONG, SHORT = (2, 700, 256), (3, 77, 19)
-SHAPES = {torch.float32: [SHORT, LONG], torch.float64: [SHORT, LONG],
-          torch.float16: [LONG], torch.bfloat16: [LONG]}
+PLAN = {torch.float32: [(SHORT, (0, 1)), (LONG, (0, 1, 2, 3))],
+        torch.float64: [(SHORT, (0, 1)), (LONG, (0, 1, 2, 3))],
+        torch.float16: [(LONG, (0, 2))], torch.bfloat16: [(LONG, (1, 3))]}
 
 
-# The option sets each input dtype is compiled with (indices into the option sets of main).
-# float32 and float64 take all of them; float16 and bfloat16 differ from float32 only in the
-# input loads, so they share the option sets out: every kernel still compiles for each of
-# them, float16 with k = 20 and k = 0 (the chain kernel with and without hard negatives,
-# L_clip off), bfloat16 with k = 300 (the largest top-k tiles, positives "same", negatives
-# "all") and k = 1 (L_boun off).
-OPTION_SHARE = {torch.float32: (0, 1, 2, 3), torch.float64: (0, 1, 2, 3),
-                torch.float16: (0, 2), torch.bfloat16: (1, 3)}
-
-
-def launches(dtypes, option_sets, shapes=SHAPES, share=None):
+def launches(dtypes, option_sets, plan=PLAN):
     """(kernel, args, meta) of every launch of forward and backward over the given inputs
-    (``shapes``: the (B, T, D) list of each dtype; ``share``: the indices of ``option_sets``
-    each dtype runs, default all)."""
+    (``plan``: per dtype, the (B, T, D) shapes with the indices of ``option_sets`` each runs)."""
     out = []
     for dtype in dtypes:
-        picked = [option_sets[i] for i in share[dtype]] if share else option_sets
-        for B, T, D in shapes[dtype]:
+        for (B, T, D), picks in plan[dtype]:
             g = torch.Generator().manual_seed(T)
             emb = torch.randn(B, T, D, generator=g).to(dtype)
             labels = torch.randint(-1, 3, (B, T), generator=g)
-            for opt in picked:
+            for opt in (option_sets[i] for i in picks):
                 opts = (opt["k"], 0.07, opt["positives"], opt["negatives"], opt["radius"],
                         0.3, 0.1, 0.1, opt["want_clip"], opt["want_boun"])
                 with TB.record_launches() as rec:
@@ -124,7 +119,7 @@ def main(argv=None) -> int:
         dict(k=1, positives=0, negatives=0, radius=1, want_clip=True, want_boun=False),
     ]
     seen = {}
-    for kernel, kargs, meta in launches(dtypes, option_sets, share=OPTION_SHARE):
+    for kernel, kargs, meta in launches(dtypes, option_sets):
         names = [n for n in kernel.arg_names]
         meta = dict(meta)
         num_warps = meta.pop("num_warps", 4)
