@@ -25,7 +25,7 @@ took "setup" "$T0"
 # (below), each with torch's OpenMP threads and, under the Triton interpreter, numpy's
 # OpenBLAS threads; a thread that spin-waits for a sibling the scheduler has taken off its
 # core burns a whole time slice (two processes doing small matrix products side by side took
-# 20x the CPU time of one alone). OpenBLAS gets one thread (the interpreter's matrices are
+# about 11x the CPU time of one alone). OpenBLAS gets one thread (the interpreter's matrices are
 # small), torch keeps its thread count (the CPU kernels' parallel paths still run) with
 # passive waits. Either can be overridden from the environment.
 export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}"

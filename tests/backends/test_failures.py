@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import cliptbp_kernels as ck
-from cases import make_batch, per_sample_value_and_grad
+from cases import each_value_once, make_batch, per_sample_value_and_grad
 from cliptbp_kernels.backends import cpu as _cpu_backend
 
 HAS_CPU = _cpu_backend.available()
@@ -297,7 +297,7 @@ def _non_finite_grid():
     dtypes = (torch.float16, torch.bfloat16, torch.float64)
     values = (float("nan"), float("inf"), -float("inf"))
     return [pytest.param(b, d, v, id=f"{b}-{str(d)[6:]}-{v}") for b in BACKENDS
-            for d, v in (zip(dtypes, values) if b == "triton"
+            for d, v in (each_value_once(dtypes, values) if b == "triton"
                          else itertools.product(dtypes, values))]
 
 

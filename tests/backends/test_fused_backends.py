@@ -11,6 +11,7 @@ import cliptbp_kernels as ck
 from cases import (
     PATTERNS,
     check_against_spec,
+    each_value_once,
     exact_tie_batch,
     make_batch,
     pairwise_cover,
@@ -64,7 +65,7 @@ def _k_radius_grid():
     # (k 0, 1, 20, 5000 with radius 1, 3, 1, 3), the other backends the whole product
     ks, radii = (0, 1, 20, 5000), (1, 3)
     return [pytest.param(backend, k, r, id=f"{backend}-k{k}-r{r}") for backend in FUSED
-            for k, r in ((zip(ks, itertools.cycle(radii))) if backend == "triton"
+            for k, r in (each_value_once(ks, radii) if backend == "triton"
                          else itertools.product(ks, radii))]
 
 
@@ -341,3 +342,11 @@ def test_pairwise_cover_keeps_every_pair():
     assert len(rows) < len(list(itertools.product(*axes)))
     for a, b in itertools.combinations(range(len(axes)), 2):
         assert {(r[a], r[b]) for r in rows} == set(itertools.product(axes[a], axes[b]))
+
+
+def test_each_value_once_holds_every_value():
+    axes = ((0, 1, 20, 5000), (1, 3), ("a",))
+    rows = each_value_once(*axes)
+    assert len(rows) == 4
+    for i, axis in enumerate(axes):
+        assert {r[i] for r in rows} == set(axis)

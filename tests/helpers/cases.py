@@ -263,3 +263,11 @@ def pairwise_cover(*axes):
         chosen.append(best)
         todo -= pairs(best)
     return chosen or full
+
+
+def each_value_once(*axes):
+    """Rows in which every value of every axis occurs at least once: row i takes value
+    i mod len(axis) of each axis, as many rows as the longest axis has values. For axes that
+    act on separate parts of the computation, where no combination needs covering."""
+    n = max(len(a) for a in axes)
+    return [tuple(a[i % len(a)] for a in axes) for i in range(n)]

@@ -69,8 +69,17 @@ def resource_usage(cubin: bytes) -> str:
     return f"REG:{m.group(1)} STACK:{m.group(2)}" if m else ""
 
 
-# What each input dtype is compiled with: (B, T, D) shapes, each with the indices of the option
-# sets of main it runs. The long video with D = 256 gives every dtype its largest tiles (where
+# The option sets a launch is recorded with (positives/negatives as codes: 0 any/cross, 1
+# same/all): k = 20, k = 300 with a wide radius, k = 0 without L_clip, k = 1 without L_boun.
+OPTION_SETS = [
+    dict(k=20, positives=0, negatives=0, radius=1, want_clip=True, want_boun=True),
+    dict(k=300, positives=1, negatives=1, radius=3, want_clip=True, want_boun=True),
+    dict(k=0, positives=0, negatives=0, radius=1, want_clip=False, want_boun=True),
+    dict(k=1, positives=0, negatives=0, radius=1, want_clip=True, want_boun=False),
+]
+
+# What each input dtype is compiled with: (B, T, D) shapes, each with the indices of the
+# OPTION_SETS it runs. The long video with D = 256 gives every dtype its largest tiles (where
 # registers spill first) and runs every option set on float32 and float64; the short one with
 # D = 19 gives the small-D block sizes, which do not depend on the options beyond k, so it runs
 # k = 20 and k = 300 (float32 and float64 only: float16 and bfloat16 take float32's block
@@ -84,16 +93,16 @@ PLAN = {torch.float32: [(SHORT, (0, 1)), (LONG, (0, 1, 2, 3))],
         torch.float16: [(LONG, (0, 2))], torch.bfloat16: [(LONG, (1, 3))]}
 
 
-def launches(dtypes, option_sets, plan=PLAN):
+def launches(dtypes, plan=PLAN):
     """(kernel, args, meta) of every launch of forward and backward over the given inputs
-    (``plan``: per dtype, the (B, T, D) shapes with the indices of ``option_sets`` each runs)."""
+    (``plan``: per dtype, the (B, T, D) shapes with the indices of OPTION_SETS each runs)."""
     out = []
     for dtype in dtypes:
         for (B, T, D), picks in plan[dtype]:
             g = torch.Generator().manual_seed(T)
             emb = torch.randn(B, T, D, generator=g).to(dtype)
             labels = torch.randint(-1, 3, (B, T), generator=g)
-            for opt in (option_sets[i] for i in picks):
+            for opt in (OPTION_SETS[i] for i in picks):
                 opts = (opt["k"], 0.07, opt["positives"], opt["negatives"], opt["radius"],
                         0.3, 0.1, 0.1, opt["want_clip"], opt["want_boun"])
                 with TB.record_launches() as rec:
@@ -112,14 +121,8 @@ def main(argv=None) -> int:
     dtypes = [torch.float32, torch.float64]
     if not args.quick:
         dtypes += [torch.float16, torch.bfloat16]
-    option_sets = [
-        dict(k=20, positives=0, negatives=0, radius=1, want_clip=True, want_boun=True),
-        dict(k=300, positives=1, negatives=1, radius=3, want_clip=True, want_boun=True),
-        dict(k=0, positives=0, negatives=0, radius=1, want_clip=False, want_boun=True),
-        dict(k=1, positives=0, negatives=0, radius=1, want_clip=True, want_boun=False),
-    ]
     seen = {}
-    for kernel, kargs, meta in launches(dtypes, option_sets):
+    for kernel, kargs, meta in launches(dtypes):
         names = [n for n in kernel.arg_names]
         meta = dict(meta)
         num_warps = meta.pop("num_warps", 4)
