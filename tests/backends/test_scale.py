@@ -133,7 +133,7 @@ def test_window_ids_near_int32_max_with_cross_negatives(positives):
 
 
 # --------------------------------------------------------------------------------------
-# Memory: peak resident growth of a fresh process, forward + backward
+# Memory: peak resident growth of forward + backward, in a fresh process
 # --------------------------------------------------------------------------------------
 
 _MEMORY_SCRIPT = textwrap.dedent(
@@ -149,15 +149,16 @@ _MEMORY_SCRIPT = textwrap.dedent(
                     return int(line.split()[1]) * 1024
         raise KeyError(key)
 
-    T, D = int(sys.argv[1]), int(sys.argv[2])
+    D = int(sys.argv[1])
+    cases = [(int(T), negatives) for T, negatives in (a.split(":") for a in sys.argv[2:])]
     # warm up: thread pool, lazy initialisation of torch and of the kernels
-    for negatives in sys.argv[3:]:
+    for negatives in sorted({n for _, n in cases}):
         e = torch.randn(2, 64, D, requires_grad=True)
         lab = torch.zeros(2, 64, dtype=torch.long)
         lab[:, 5:9] = 1
         sum(ck.clip_boundary_losses(e, lab, backend="cpu", negatives=negatives)).backward()
 
-    for negatives in sys.argv[3:]:
+    for T, negatives in cases:
         g = torch.Generator().manual_seed(0)
         emb = torch.randn(1, T, D, generator=g).requires_grad_(True)
         labels = torch.zeros(1, T, dtype=torch.long)
@@ -186,26 +187,24 @@ LENGTHS = {"cross": (8192, 16384, 32768, 65536), "all": (2048, 4096, 8192, 16384
 def memory_figures():
     """{(negatives, T): peak resident growth in bytes of forward+backward, inputs excluded}.
 
-    One fresh process per T measures each option set that uses that T, one after the other
-    (the peak is reset before each; with the fixed mmap threshold below, what one measurement
-    freed has gone back to the system before the next starts)."""
+    One fresh process measures every (T, negatives), one after the other in increasing T: the
+    peak is reset to the resident size before each, and with the fixed mmap threshold below
+    what one measurement freed has gone back to the system before the next starts."""
     env = dict(os.environ)
     # Fixed mmap threshold: every buffer of 16 KiB or more gets fresh pages from the kernel, so
     # the peak counts what the call allocates rather than what malloc happened to reuse.
     env["MALLOC_MMAP_THRESHOLD_"] = "16384"
-    plan = {}
-    for negatives, lengths in LENGTHS.items():
-        for T in lengths:
-            plan.setdefault(T, []).append(negatives)
+    cases = sorted((T, negatives) for negatives, lengths in LENGTHS.items() for T in lengths)
+    proc = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(D_MEMORY),
+         *(f"{T}:{negatives}" for T, negatives in cases)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     figures = {}
-    for T, options in sorted(plan.items()):
-        proc = subprocess.run(
-            [sys.executable, "-c", _MEMORY_SCRIPT, str(T), str(D_MEMORY), *options],
-            capture_output=True, text=True, timeout=120, env=env)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        for line in proc.stdout.strip().splitlines():
-            row = json.loads(line)
-            figures[row["negatives"], row["T"]] = row
+    for line in proc.stdout.strip().splitlines():
+        row = json.loads(line)
+        figures[row["negatives"], row["T"]] = row
+    assert sorted(figures) == sorted((n, T) for T, n in cases), figures
     return figures
 
 

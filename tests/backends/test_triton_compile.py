@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from cliptbp_kernels.backends import triton as _triton_backend
 from paths import REPO
@@ -19,6 +20,23 @@ from paths import REPO
 pytestmark = pytest.mark.skipif(not _triton_backend.available(), reason="triton is not installed")
 
 SCRIPT = REPO / "tests" / "helpers" / "triton_compile.py"
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def test_plan_covers_the_full_product(monkeypatch):
+    # every constexpr value of the full product (both shapes, every option set) on float32
+    # and float64, and every kernel with both losses on for every dtype, at the GPU block
+    # sizes (the compile script's); a plan short of either is caught
+    import triton_compile as tc
+
+    monkeypatch.setenv(_triton_backend.SIZES_ENV, "gpu")
+    monkeypatch.delenv(_triton_backend.GPU_BLOCKS_ENV, raising=False)
+
+    assert tc.missing_from_plan(DTYPES) == []
+    no_short = {**tc.PLAN, torch.float64: [p for p in tc.PLAN[torch.float64] if p[0] != tc.SHORT]}
+    assert ("torch.float64", "_norm_kernel", "BK", "32") in tc.missing_from_plan(DTYPES, no_short)
+    only_k1 = {**tc.PLAN, torch.bfloat16: [(tc.LONG, (3,))]}
+    assert ("torch.bfloat16", "_sparse_bwd_kernel") in tc.missing_from_plan(DTYPES, only_k1)
 
 
 def test_every_kernel_variant_compiles_for_sm90():

@@ -132,9 +132,10 @@ def test_markdown_table_ratios():
     assert got["reference MB"] == "900"
 
 
-def test_compile_backend_runs_in_a_child(tmp_path):
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
-    info = harness.run_case("compile", "tiny", "fwd", warmup=1, repeats=1, timeout=240, env=env)
+def test_compile_backend_runs_in_a_child():
+    # the child shares the test run's inductor cache (its compiler probes, made once per
+    # cache; the graph itself is compiled in the child)
+    info = harness.run_case("compile", "tiny", "fwd", warmup=1, repeats=1, timeout=240)
     assert info["status"] in ("ok", "error"), info  # "error": no C++ compiler for inductor
     if info["status"] == "ok":
         assert info["median_ms"] > 0 and info["seconds"] > 0

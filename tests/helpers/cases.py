@@ -230,19 +230,22 @@ def random_labels(B, T, seed, sorted_ids):
 def block_edge_labels(block: int = 4096) -> torch.Tensor:
     """[3, T] labels (T = 2 block + 808) whose lists cross the prep kernel's list-block edges
     (4096 clips in the interpreter, 1024 on the GPU): windows across clips `block` and
-    `2 block`, window ids falling in time (T / 2 GT clips with ids cycling 1..9), a one-clip
-    window inside another window's run, padding at a block edge."""
+    `2 block`, window ids falling in time, with a one-clip window inside another window's run
+    (sample 0); T / 2 GT clips with ids cycling 1..9 and padding at a block edge (sample 1);
+    every clip GT, ids rising in time (sample 2: no ranking needed; flipped, it ranks T clips).
+    Samples 0 and 1 take the ranking path, sample 1 over more GT clips than a list block
+    holds."""
     T = 2 * block + 808
     labels = torch.zeros(3, T, dtype=torch.int64)
     labels[0, block - 96:block + 104] = 7
     labels[0, 2 * block - 92:2 * block + 300] = 2
     labels[0, 10:600] = 5
+    labels[0, 300] = 9
     ar = torch.arange(T)
     labels[1] = torch.where(ar % 2 == 0, 1 + (ar // 100) % 9, 0)
     labels[1, block - 1:block + 1] = -1
     labels[2, :] = 1
     labels[2, T * 5 // 9:] = 3
-    labels[2, block] = 2
     return labels
 
 

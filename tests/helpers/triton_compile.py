@@ -1,8 +1,9 @@
 """Compile the Triton kernels as the launchers launch them, for real GPU targets, on a machine
 without a GPU: the launchers run on CPU tensors with launches recorded instead of run
 (`cliptbp_kernels.backends.triton.record_launches`) over the inputs and options of `PLAN`
-(every kernel with every input dtype, every constexpr value on float32 and float64), and each
-distinct (kernel, signature, constexprs) is compiled to a cubin with `triton.compile` for the
+(every kernel with every input dtype, every constexpr value on float32 and float64; checked
+against the full product of shapes and option sets before compiling), and each distinct
+(kernel, signature, constexprs) is compiled to a cubin with `triton.compile` for the
 targets given (default: sm_80 and sm_90). This catches what the interpreter cannot: type
 errors in branches, non-constexpr globals, dot shapes below 16, unsupported conversions. Each
 line also gives the variant's registers per thread and stack frame (local memory: spilled
@@ -25,16 +26,12 @@ import sys
 import tempfile
 import time
 
-if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    sys.exit("triton_compile.py: unset TRITON_INTERPRET (kernels must be compiled, not "
-             "interpreted)")
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
 
-import torch  # noqa: E402
-import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
-
-from cliptbp_kernels.backends import triton as TB  # noqa: E402
+from cliptbp_kernels.backends import triton as TB
 
 TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
          torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32", torch.uint8: "u8",
@@ -82,20 +79,23 @@ OPTION_SETS = [
 # OPTION_SETS it runs. The long video with D = 256 gives every dtype its largest tiles (where
 # registers spill first) and runs every option set on float32 and float64; the short one with
 # D = 19 gives the small-D block sizes, which do not depend on the options beyond k, so it runs
-# k = 20 and k = 300 (float32 and float64 only: float16 and bfloat16 take float32's block
-# sizes at every D). float16 and bfloat16 differ from float32 only in the input loads, so they
-# share the option sets out: every kernel still compiles for each of them, float16 with k = 20
-# and k = 0 (the chain kernel with and without hard negatives, L_clip off), bfloat16 with
-# k = 300 (the largest top-k tiles, positives "same", negatives "all") and k = 1 (L_boun off).
+# the widest option set (k = 300, positives "same", negatives "all", radius 3) on float32 and
+# float64 (float16 and bfloat16 take float32's block sizes at every D). float16 and bfloat16
+# differ from float32 only in the input loads, so they share the option sets out: every kernel
+# still compiles for each of them with both losses on, float16 with k = 20 and k = 0 (the
+# chain kernel with and without hard negatives, L_clip off), bfloat16 with k = 300 (the
+# largest top-k tiles) and k = 1 (L_boun off). `missing_from_plan` checks these claims
+# against the full product of shapes and option sets.
 LONG, SHORT = (2, 700, 256), (3, 77, 19)
-PLAN = {torch.float32: [(SHORT, (0, 1)), (LONG, (0, 1, 2, 3))],
-        torch.float64: [(SHORT, (0, 1)), (LONG, (0, 1, 2, 3))],
+PLAN = {torch.float32: [(SHORT, (1,)), (LONG, (0, 1, 2, 3))],
+        torch.float64: [(SHORT, (1,)), (LONG, (0, 1, 2, 3))],
         torch.float16: [(LONG, (0, 2))], torch.bfloat16: [(LONG, (1, 3))]}
 
 
-def launches(dtypes, plan=PLAN):
+def launches(dtypes, plan=PLAN, with_options=False):
     """(kernel, args, meta) of every launch of forward and backward over the given inputs
-    (``plan``: per dtype, the (B, T, D) shapes with the indices of OPTION_SETS each runs)."""
+    (``plan``: per dtype, the (B, T, D) shapes with the indices of OPTION_SETS each runs);
+    with ``with_options``, (kernel, args, meta, dtype, option set) instead."""
     out = []
     for dtype in dtypes:
         for (B, T, D), picks in plan[dtype]:
@@ -109,8 +109,33 @@ def launches(dtypes, plan=PLAN):
                     res = TB.OPS.run_forward(emb, labels, opts)
                     gz = torch.ones(B, dtype=torch.float64)
                     TB.OPS.run_backward(emb, labels, opts, gz, gz, res.saved)
-                out.extend(rec)
+                out.extend((*r, dtype, opt) if with_options else r for r in rec)
     return out
+
+
+def _coverage(dtypes, plan):
+    """What a plan compiles: (dtype, kernel, constexpr, value) of every launch, and (dtype,
+    kernel) of the launches with both losses on."""
+    values, both = set(), set()
+    for kernel, _, meta, dtype, opt in launches(dtypes, plan, with_options=True):
+        name = kernel.fn.__name__
+        values.update((str(dtype), name, k, repr(v)) for k, v in meta.items())
+        if opt["want_clip"] and opt["want_boun"]:
+            both.add((str(dtype), name))
+    return values, both
+
+
+def missing_from_plan(dtypes, plan=PLAN) -> list:
+    """What ``plan`` leaves out of the full product (both shapes, every option set): a
+    constexpr value of a kernel on float32 or float64, or a kernel compiled with both losses
+    on for any dtype. Empty when the plan's claims hold."""
+    full = {d: [(SHORT, tuple(range(len(OPTION_SETS)))), (LONG, tuple(range(len(OPTION_SETS))))]
+            for d in dtypes}
+    want_values, want_both = _coverage(dtypes, full)
+    got_values, got_both = _coverage(dtypes, plan)
+    exact = {str(torch.float32), str(torch.float64)}
+    return sorted(v for v in want_values - got_values if v[0] in exact) + sorted(
+        want_both - got_both)
 
 
 def main(argv=None) -> int:
@@ -118,9 +143,18 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="80,90", help="comma-separated compute capabilities")
     ap.add_argument("--quick", action="store_true", help="float32 and float64 only")
     args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        print("triton_compile.py: unset TRITON_INTERPRET (kernels must be compiled, not "
+              "interpreted)")
+        return 2
     dtypes = [torch.float32, torch.float64]
     if not args.quick:
         dtypes += [torch.float16, torch.bfloat16]
+    missing = missing_from_plan(dtypes)
+    if missing:
+        print(f"FAILED the plan leaves out {len(missing)} of the full product's variants, e.g. "
+              f"{missing[:5]}")
+        return 1
     seen = {}
     for kernel, kargs, meta in launches(dtypes):
         names = [n for n in kernel.arg_names]
