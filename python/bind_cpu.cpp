@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "cpu/losses.h"
+#include "cpu/pool.h"
 #include "cliptbp/common.h"
 #include "convert.h"
 
@@ -69,6 +70,14 @@ PYBIND11_MODULE(_C_cpu, m) {
       py::arg("grad"), py::arg("num_threads"),
       "Backward of L_clip / L_boun: writes d loss / d emb into a contiguous [B, T, D] buffer "
       "of the compute dtype (float32, or float64 for float64 input).");
+
+  m.def("pool_threads", &cpu::pool_threads,
+        "Helper threads the kernels have started in this process (a call with n threads uses "
+        "the calling thread and at most n - 1 helpers).");
+
+  m.def("pool_peak", &cpu::pool_peak, py::arg("reset") = false,
+        "The most threads (the caller included) one parallel job of the kernels used since the "
+        "last reset; reset=True starts a new count.");
 
   m.def("simd_level", &cpu::simd_level,
         "Instruction set the similarity tiles were dispatched to on this machine.");

@@ -35,7 +35,7 @@ PY="${PYTHON:-$ROOT/.venv/bin/python}"
 CXX_BIN="${CXX:-g++}"
 BUILD="${CLIPTBP_SANITIZE_DIR:-$ROOT/build/sanitize}"
 OPT="${CLIPTBP_SANITIZE_OPT:--O1}"
-TESTS="${CLIPTBP_SANITIZE_TESTS:-tests/backends/test_fused_backends.py tests/backends/test_custom_ops.py tests/backends/test_failures.py tests/backends/test_scale.py}"
+TESTS="${CLIPTBP_SANITIZE_TESTS:-tests/backends/test_fused_backends.py tests/backends/test_custom_ops.py tests/backends/test_failures.py tests/backends/test_scale.py tests/backends/test_cpu_pool.py}"
 LOGS="$BUILD/logs"
 
 start=$(date +%s)

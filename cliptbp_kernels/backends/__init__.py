@@ -3,7 +3,7 @@
 | backend     | runs on                      | what it is                                       |
 |-------------|------------------------------|--------------------------------------------------|
 | "reference" | any device                   | plain PyTorch, materialises T x T (the baseline) |
-| "cpu"       | CPU tensors                  | fused C++/OpenMP kernels (`_C_cpu`)              |
+| "cpu"       | CPU tensors                  | fused C++ kernels (`_C_cpu`)                     |
 | "triton"    | CUDA tensors (CPU tensors    | fused Triton kernels                             |
 |             | under TRITON_INTERPRET=1)    |                                                  |
 | "cuda"      | CUDA tensors (CPU tensors    | fused CUDA C++ kernels (`_C_cuda`; the CPU       |

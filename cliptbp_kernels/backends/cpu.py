@@ -1,6 +1,6 @@
-"""The fused CPU backend: launchers of the C++/OpenMP kernels in `cliptbp_kernels._C_cpu`.
+"""The fused CPU backend: launchers of the C++ kernels in `cliptbp_kernels._C_cpu`.
 
-Runs on CPU tensors, with no limit on `k` and `T` up to 2^31 - 1. The kernels use
+Runs on CPU tensors, with no limit on `k` and `T` up to 2^31 - 1. The kernels use at most
 `torch.get_num_threads()` threads and give bitwise the same results whatever that number.
 """
 

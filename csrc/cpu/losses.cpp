@@ -4,18 +4,17 @@
 // negatives="cross", every valid clip for negatives="all") are cut into blocks of kRowBlock
 // rows, one work item each. An item normalises its rows once, then sweeps the valid clips in
 // tiles of kTileCols columns: each similarity tile is classified by label into positives
-// (online log-sum-exp per row) and negative candidates (a per-thread top-k heap of 128-bit
-// keys: ordered similarity bits, then the complement of the pair index). Nothing of size
-// T x T is stored. A finalize step merges the per-row log-sum-exps in row order and the
-// per-thread heaps (the top-k of distinct keys does not depend on how candidates were split
-// among threads), so every output is bitwise independent of the thread count.
+// (online log-sum-exp per row) and negative candidates (a top-k heap of 128-bit keys per
+// thread of the pool, csrc/cpu/pool.h: ordered similarity bits, then the complement of the
+// pair index). Nothing of size T x T is stored. A finalize step merges the per-row
+// log-sum-exps in row order and the heaps (the top-k of distinct keys does not depend on how
+// candidates were split among threads), so every output is bitwise independent of the thread
+// count.
 //
 // Backward, exactly sparse: the GT x GT block of positive pairs (row-blocked, each row of the
 // gradient written by one item), then the chosen negatives and the boundary terms of each
 // sample in a fixed order, then the chain rule through the normalisation.
 #include "losses.h"
-
-#include <omp.h>
 
 #include <algorithm>
 #include <atomic>
@@ -23,11 +22,13 @@
 #include <exception>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "cliptbp/boundary.h"
 #include "cliptbp/common.h"
 #include "cliptbp/pairs.h"
+#include "pool.h"
 #include "tiles.h"
 
 namespace cliptbp {
@@ -38,34 +39,6 @@ constexpr int64_t kRowBlock = 32;  // rows per work item; a multiple of kRowPad
 static_assert(kRowBlock % kRowPad == 0, "row block must be a multiple of the row padding");
 
 using Key = unsigned __int128;
-
-// An exception must not leave an OpenMP region (that ends the process through
-// std::terminate). Work inside a region runs through run(): the first exception is kept, the
-// rest of the work is skipped (every thread still reaches every barrier), and rethrow() after
-// the region raises it on the calling thread, so std::bad_alloc reaches Python as MemoryError.
-class RegionErrors {
- public:
-  template <typename F>
-  void run(F&& f) {
-    if (failed_.load(std::memory_order_relaxed)) return;
-    try {
-      f();
-    } catch (...) {
-#pragma omp critical(cliptbp_region_error)
-      {
-        if (!first_) first_ = std::current_exception();
-      }
-      failed_.store(true, std::memory_order_relaxed);
-    }
-  }
-  void rethrow() const {
-    if (first_) std::rethrow_exception(first_);
-  }
-
- private:
-  std::atomic<bool> failed_{false};
-  std::exception_ptr first_;
-};
 
 inline Key make_key(float s, int64_t pair) {
   return (static_cast<Key>(ordered_bits(s)) << 64) | static_cast<Key>(~static_cast<uint64_t>(pair));
@@ -241,22 +214,18 @@ void build_lists(const EmbView& e, const int64_t* labels, Prep& P) {
   }
 }
 
-// Inverse norms of every valid clip (0 for padding, NaN for a non-finite clip). Runs as an
-// `omp for` inside a parallel region.
-void compute_norms(const EmbView& e, const int64_t* labels, double* inv_norm,
-                   RegionErrors& errors) {
-  const int64_t n = e.B * e.T;
-#pragma omp for schedule(static)
-  for (int64_t f = 0; f < n; ++f) {
-    errors.run([&] {
-      if (labels[f] < 0) {
-        inv_norm[f] = 0.0;
-        return;
-      }
-      bool ok = true;
-      const double nrm = clip_norm(e, f / e.T, f % e.T, &ok);
-      inv_norm[f] = ok ? 1.0 / std::max(nrm, kNormEps) : NAN;
-    });
+// Inverse norms of clips [f0, f1) of the flattened [B, T] grid (0 for padding, NaN for a
+// non-finite clip).
+void compute_norms(const EmbView& e, const int64_t* labels, double* inv_norm, int64_t f0,
+                   int64_t f1) {
+  for (int64_t f = f0; f < f1; ++f) {
+    if (labels[f] < 0) {
+      inv_norm[f] = 0.0;
+      continue;
+    }
+    bool ok = true;
+    const double nrm = clip_norm(e, f / e.T, f % e.T, &ok);
+    inv_norm[f] = ok ? 1.0 / std::max(nrm, kNormEps) : NAN;
   }
 }
 
@@ -355,119 +324,146 @@ struct Scratch {
   }
 };
 
+// Scratch of one work-sharing slot (pool.h), created by the first chunk the slot runs.
+template <typename CT>
+Scratch<CT>& slot_scratch(std::vector<std::unique_ptr<Scratch<CT>>>& scratch, int slot,
+                          int64_t D) {
+  if (!scratch[slot]) scratch[slot].reset(new Scratch<CT>(D));
+  return *scratch[slot];
+}
+
+// Rows per chunk of the row-wise passes (norms, zeroing, chain rule): about kRowWork values.
+constexpr int64_t kRowWork = 16384;
+inline int64_t row_grain(int64_t D) { return std::max<int64_t>(1, kRowWork / std::max<int64_t>(D, 1)); }
+constexpr int64_t kWindowsPerChunk = 4;
+
+// The negative candidates one slot has kept for sample `b` since its last flush.
+struct SlotTopK {
+  TopK heap;
+  int64_t b = -1;
+};
+
 template <typename CT>
 void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& opt,
-                  const ForwardOutputs& out, int num_threads) {
+                  const ForwardOutputs& out, int threads) {
   const int64_t B = e.B, T = e.T, D = e.D;
   const int64_t keff = std::max<int64_t>(0, std::min(opt.k, out.kcap));
   Prep P;
   init_prep(e, P, out.inv_norm);
   build_lists(e, labels, P);
+  parallel_for(B * T, row_grain(D), threads, [&](int64_t f0, int64_t f1, int) {
+    compute_norms(e, labels, P.inv_norm, f0, f1);
+  });
+  mark_nonfinite(e, labels, P);
+
+  std::vector<Item> items;
+  if (opt.want_clip) {
+    for (int64_t b = 0; b < B; ++b) {
+      if (P.info[b].nonfinite) continue;
+      for (int64_t r0 = 0; r0 < P.n_rows(b, opt.negatives); r0 += kRowBlock)
+        items.push_back({b, r0});
+    }
+  }
+  std::vector<std::pair<int64_t, int64_t>> windows;  // (b, w) of every window
+  if (opt.want_boun) {
+    for (int64_t b = 0; b < B; ++b)
+      if (!P.info[b].nonfinite)
+        for (int64_t w = 0; w < P.info[b].n_win; ++w) windows.push_back({b, w});
+  }
   std::vector<OnlineLSE> row_lse(static_cast<size_t>(B * T));
   std::vector<std::vector<Key>> sample_topk(static_cast<size_t>(B));
   std::vector<WindowTerms> terms(static_cast<size_t>(B * T));
-  std::vector<Item> items;
-  std::vector<std::pair<int64_t, int64_t>> windows;  // (b, w) of every window
+  std::vector<std::unique_ptr<Scratch<CT>>> scratch(static_cast<size_t>(threads));
+  std::vector<SlotTopK> heaps(static_cast<size_t>(threads));
+  for (SlotTopK& h : heaps) h.heap.cap = keff;
   const double inv_tau = 1.0 / opt.tau;
-  RegionErrors errors;
 
-#pragma omp parallel num_threads(num_threads)
-  {
-    compute_norms(e, labels, P.inv_norm, errors);  // implicit barrier
-#pragma omp single
-    errors.run([&] {
-      mark_nonfinite(e, labels, P);
-      if (opt.want_clip) {
-        for (int64_t b = 0; b < B; ++b) {
-          if (P.info[b].nonfinite) continue;
-          for (int64_t r0 = 0; r0 < P.n_rows(b, opt.negatives); r0 += kRowBlock)
-            items.push_back({b, r0});
-        }
-      }
-      if (opt.want_boun) {
-        for (int64_t b = 0; b < B; ++b)
-          if (!P.info[b].nonfinite)
-            for (int64_t w = 0; w < P.info[b].n_win; ++w) windows.push_back({b, w});
-      }
-    });  // implicit barrier
+  // Merge a slot's candidates into its sample's top-k (the top-k of distinct keys does not
+  // depend on the order of the merges).
+  std::mutex merge_m;
+  auto flush = [&](SlotTopK& h) {
+    if (h.b >= 0 && !h.heap.heap.empty()) {
+      std::lock_guard<std::mutex> g(merge_m);
+      TopK glob;
+      glob.cap = keff;
+      glob.heap.swap(sample_topk[h.b]);
+      for (Key k : h.heap.heap) glob.push(k);
+      glob.heap.swap(sample_topk[h.b]);
+    }
+    h.heap.heap.clear();
+  };
 
-    std::unique_ptr<Scratch<CT>> scratch;
-    errors.run([&] { scratch.reset(new Scratch<CT>(D)); });
-    TopK heap;
-    heap.cap = keff;
-    int64_t heap_b = -1;
-    auto flush = [&]() {
-      if (heap_b >= 0 && !heap.heap.empty()) {
-#pragma omp critical(cliptbp_topk_merge)
-        errors.run([&] {
-          TopK glob;
-          glob.cap = keff;
-          glob.heap.swap(sample_topk[heap_b]);
-          for (Key k : heap.heap) glob.push(k);
-          glob.heap.swap(sample_topk[heap_b]);
-        });
-      }
-      heap.heap.clear();
-    };
-
-#pragma omp for schedule(dynamic, 1) nowait
-    for (int64_t it = 0; it < static_cast<int64_t>(items.size()); ++it) errors.run([&] {
-      Scratch<CT>& sc = *scratch;
-      const int64_t b = items[it].b, r0 = items[it].r0;
-      if (b != heap_b) {
-        flush();
-        heap_b = b;
-      }
-      const int64_t* lab = labels + b * T;
-      const int64_t* rows = P.rows_of(b, opt.negatives) + r0;
-      const int64_t nr = std::min(kRowBlock, P.n_rows(b, opt.negatives) - r0);
-      const int64_t nv = P.info[b].n_valid;
-      const int64_t* valid = P.valid_of(b);
-      const bool all = opt.negatives == kNegativesAll;
-      const int64_t padded = sc.load_rows(e, P, b, rows, nr);
-      OnlineLSE lse[kRowBlock];
-      // With negatives="all" the rows are the valid clips themselves and only j > i is
-      // needed: start at the column after the block's first row.
-      const int64_t c_begin = all ? r0 + 1 : 0;
-      for (int64_t cs = c_begin; cs < nv; cs += kTileCols) {
-        const int nc = static_cast<int>(std::min<int64_t>(kTileCols, nv - cs));
-        sc.load_cols(e, P, b, valid + cs, nc, false);
-        sim_tile(sc.Ur.data(), D, padded, sc.UcT.data(), D, sc.S.data());
-        for (int64_t r = 0; r < nr; ++r) {
-          const int64_t i = rows[r];
-          const int64_t li = lab[i];
-          const CT* srow = sc.S.data() + r * kTileCols;
-          for (int c = 0; c < nc; ++c) {
-            const int64_t j = valid[cs + c];
-            const int64_t lj = lab[j];
-            // Each unordered pair once: from the row of its smaller clip when both are rows.
-            if (j == i || (j < i && (all || lj >= 1))) continue;
-            const int cls = classify_pair(li, lj, opt.positives, opt.negatives);
-            const CT s = srow[c];
-            if (cls == kPairPositive) {
-              lse[r].add(static_cast<double>(s) * inv_tau);
-            } else if (cls == kPairNegative && keff > 0) {
-              if (heap.full() && s < key_value<CT>(heap.min())) continue;
-              heap.push(make_key(s, pair_index(i, j, T)));
-            }
+  // One row block of L_clip: similarities of its rows against every valid clip, in tiles.
+  auto row_block = [&](const Item& item, Scratch<CT>& sc, SlotTopK& h) {
+    const int64_t b = item.b, r0 = item.r0;
+    if (b != h.b) {
+      flush(h);
+      h.b = b;
+    }
+    TopK& heap = h.heap;
+    const int64_t* lab = labels + b * T;
+    const int64_t* rows = P.rows_of(b, opt.negatives) + r0;
+    const int64_t nr = std::min(kRowBlock, P.n_rows(b, opt.negatives) - r0);
+    const int64_t nv = P.info[b].n_valid;
+    const int64_t* valid = P.valid_of(b);
+    const bool all = opt.negatives == kNegativesAll;
+    const int64_t padded = sc.load_rows(e, P, b, rows, nr);
+    OnlineLSE lse[kRowBlock];
+    // With negatives="all" the rows are the valid clips themselves and only j > i is
+    // needed: start at the column after the block's first row.
+    const int64_t c_begin = all ? r0 + 1 : 0;
+    for (int64_t cs = c_begin; cs < nv; cs += kTileCols) {
+      const int nc = static_cast<int>(std::min<int64_t>(kTileCols, nv - cs));
+      sc.load_cols(e, P, b, valid + cs, nc, false);
+      sim_tile(sc.Ur.data(), D, padded, sc.UcT.data(), D, sc.S.data());
+      for (int64_t r = 0; r < nr; ++r) {
+        const int64_t i = rows[r];
+        const int64_t li = lab[i];
+        const CT* srow = sc.S.data() + r * kTileCols;
+        for (int c = 0; c < nc; ++c) {
+          const int64_t j = valid[cs + c];
+          const int64_t lj = lab[j];
+          // Each unordered pair once: from the row of its smaller clip when both are rows.
+          if (j == i || (j < i && (all || lj >= 1))) continue;
+          const int cls = classify_pair(li, lj, opt.positives, opt.negatives);
+          const CT s = srow[c];
+          if (cls == kPairPositive) {
+            lse[r].add(static_cast<double>(s) * inv_tau);
+          } else if (cls == kPairNegative && keff > 0) {
+            if (heap.full() && s < key_value<CT>(heap.min())) continue;
+            heap.push(make_key(s, pair_index(i, j, T)));
           }
         }
       }
-      for (int64_t r = 0; r < nr; ++r) row_lse[b * T + r0 + r] = lse[r];
-    });
-    flush();
+    }
+    for (int64_t r = 0; r < nr; ++r) row_lse[b * T + r0 + r] = lse[r];
+  };
 
-    // Boundary sums around each window's centre.
-#pragma omp for schedule(dynamic, 4)
-    for (int64_t f = 0; f < static_cast<int64_t>(windows.size()); ++f) errors.run([&] {
-      const int64_t b = windows[f].first, w = windows[f].second;
-      terms[b * T + w] = window_terms(e, labels + b * T, P, b, P.windows_of(b)[w], opt.radius,
-                                      scratch->a.data(), scratch->c.data());
-    });
+  // One job for the row blocks of L_clip, then the boundary sums around each window's
+  // centre in groups of kWindowsPerChunk: both need only the norms and the index lists.
+  const int64_t n_items = static_cast<int64_t>(items.size());
+  const int64_t n_windows = static_cast<int64_t>(windows.size());
+  const int64_t n_groups = (n_windows + kWindowsPerChunk - 1) / kWindowsPerChunk;
+  parallel_for(n_items + n_groups, 1, threads, [&](int64_t u0, int64_t u1, int slot) {
+    Scratch<CT>& sc = slot_scratch(scratch, slot, D);
+    for (int64_t u = u0; u < u1; ++u) {
+      if (u < n_items) {
+        row_block(items[u], sc, heaps[slot]);
+        continue;
+      }
+      const int64_t w0 = (u - n_items) * kWindowsPerChunk;
+      for (int64_t f = w0; f < std::min(n_windows, w0 + kWindowsPerChunk); ++f) {
+        const int64_t b = windows[f].first, w = windows[f].second;
+        terms[b * T + w] = window_terms(e, labels + b * T, P, b, P.windows_of(b)[w],
+                                        opt.radius, sc.a.data(), sc.c.data());
+      }
+    }
+  });
+  for (SlotTopK& h : heaps) flush(h);
 
-    // Finalize per sample.
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < B; ++b) errors.run([&] {
+  // Finalize per sample.
+  parallel_for(B, 1, threads, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t b = b0; b < b1; ++b) {
       const SampleInfo& info = P.info[b];
       int64_t* pairs = out.pairs + b * out.kcap;
       std::fill(pairs, pairs + out.kcap, int64_t(-1));
@@ -486,7 +482,7 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
           out.loss_boun[b] = NAN;
           out.has_boun[b] = 1;
         }
-        return;
+        continue;
       }
       if (opt.want_clip) {
         OnlineLSE total;
@@ -531,14 +527,13 @@ void forward_impl(const EmbView& e, const int64_t* labels, const LossOptions& op
           out.has_boun[b] = 1;
         }
       }
-    });
-  }
-  errors.rethrow();
+    }
+  });
 }
 
 template <typename CT>
 void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& opt,
-                   const BackwardInputs& in, CT* grad, int num_threads) {
+                   const BackwardInputs& in, CT* grad, int threads) {
   const int64_t B = e.B, T = e.T, D = e.D;
   Prep P;
   init_prep(e, P, const_cast<double*>(in.inv_norm));  // read only in the backward
@@ -552,22 +547,18 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
     for (int64_t r0 = 0; r0 < P.info[b].n_gt; r0 += kRowBlock) items.push_back({b, r0});
   }
   const double inv_tau = 1.0 / opt.tau;
-  RegionErrors errors;
-#pragma omp parallel num_threads(num_threads)
-  {
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < B * T; ++r) std::fill(grad + r * D, grad + (r + 1) * D, CT(0));
+  const int64_t rg = row_grain(D);
+  std::vector<std::unique_ptr<Scratch<CT>>> scratch(static_cast<size_t>(threads));
 
-    std::unique_ptr<Scratch<CT>> scratch;
-    std::vector<CT> uw;
-    errors.run([&] {
-      scratch.reset(new Scratch<CT>(D));
-      uw.resize(static_cast<size_t>(std::max<int64_t>(D, 1)));
-    });
-    // 1. Positive pairs: row i of the GT x GT block, d l / d u_i = sum_j c_ij u_j.
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t it = 0; it < static_cast<int64_t>(items.size()); ++it) errors.run([&] {
-      Scratch<CT>& sc = *scratch;
+  parallel_for(B * T, rg, threads, [&](int64_t r0, int64_t r1, int) {
+    std::fill(grad + r0 * D, grad + r1 * D, CT(0));
+  });
+
+  // 1. Positive pairs: row i of the GT x GT block, d l / d u_i = sum_j c_ij u_j.
+  parallel_for(static_cast<int64_t>(items.size()), 1, threads, [&](int64_t i0, int64_t i1,
+                                                                   int slot) {
+    Scratch<CT>& sc = slot_scratch(scratch, slot, D);
+    for (int64_t it = i0; it < i1; ++it) {
       const int64_t b = items[it].b, r0 = items[it].r0;
       const int64_t* lab = labels + b * T;
       const int64_t* gt = P.gt_of(b);
@@ -604,14 +595,16 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
         const CT* src = sc.GU.data() + r * D;
         for (int64_t d = 0; d < D; ++d) g[d] += src[d];
       }
-    });
+    }
+  });
 
-    // 2. Chosen negatives and boundary terms, per sample in a fixed order.
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t b = 0; b < B; ++b) errors.run([&] {
-      if (P.info[b].nonfinite) return;
-      CT* ua = scratch->a.data();
-      CT* ub = scratch->c.data();
+  // 2. Chosen negatives and boundary terms, per sample in a fixed order.
+  parallel_for(B, 1, threads, [&](int64_t b0, int64_t b1, int slot) {
+    Scratch<CT>& sc = slot_scratch(scratch, slot, D);
+    CT* ua = sc.a.data();
+    CT* ub = sc.c.data();
+    for (int64_t b = b0; b < b1; ++b) {
+      if (P.info[b].nonfinite) continue;
       const int64_t* lab = labels + b * T;
       const double* inv = P.inv_norm + b * T;
       CT* gb = grad + b * T * D;
@@ -664,50 +657,57 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
                        [&](int64_t i) { load_apply(win[w].c, i, cn); });
         }
       }
-    });
+    }
+  });
 
-    // 3. Chain rule through u = v / max(||v||, eps).
-#pragma omp for schedule(static)
-    for (int64_t f = 0; f < B * T; ++f) errors.run([&] {
+  // 3. Chain rule through u = v / max(||v||, eps).
+  parallel_for(B * T, rg, threads, [&](int64_t f0, int64_t f1, int slot) {
+    Scratch<CT>& sc = slot_scratch(scratch, slot, D);
+    CT* uw = sc.a.data();
+    for (int64_t f = f0; f < f1; ++f) {
       const int64_t b = f / T, i = f % T;
       CT* g = grad + f * D;
       // Rows without gradient (padding, untouched clips, non-finite samples) stay zero.
       bool any = false;
       for (int64_t d = 0; d < D; ++d) any = any || g[d] != CT(0);
-      if (!any || labels[f] < 0) return;
+      if (!any || labels[f] < 0) continue;
       const double inv = P.inv_norm[f];
       if (inv < 1.0 / kNormEps) {
-        load_row(e, b, i, inv, uw.data(), 1);
-        const double proj = dot(uw.data(), g, D);
+        load_row(e, b, i, inv, uw, 1);
+        const double proj = dot(uw, g, D);
         for (int64_t d = 0; d < D; ++d)
           g[d] = static_cast<CT>((static_cast<double>(g[d]) - static_cast<double>(uw[d]) * proj) *
                                  inv);
       } else {
         for (int64_t d = 0; d < D; ++d) g[d] = static_cast<CT>(static_cast<double>(g[d]) * inv);
       }
-    });
-  }
-  errors.rethrow();
+    }
+  });
 }
+
+// Threads a call may use: `num_threads` (torch.get_num_threads() on the Python side), at
+// least 1, at most kMaxThreads.
+constexpr int kMaxThreads = 256;
+inline int clamp_threads(int num_threads) { return std::min(std::max(num_threads, 1), kMaxThreads); }
 
 }  // namespace
 
 void forward(const EmbView& emb, const int64_t* labels, const LossOptions& opt,
              const ForwardOutputs& out, int num_threads) {
-  if (num_threads < 1) num_threads = 1;
+  const int threads = clamp_threads(num_threads);
   if (emb.dtype == kFloat64)
-    forward_impl<double>(emb, labels, opt, out, num_threads);
+    forward_impl<double>(emb, labels, opt, out, threads);
   else
-    forward_impl<float>(emb, labels, opt, out, num_threads);
+    forward_impl<float>(emb, labels, opt, out, threads);
 }
 
 void backward(const EmbView& emb, const int64_t* labels, const LossOptions& opt,
               const BackwardInputs& in, void* grad, int num_threads) {
-  if (num_threads < 1) num_threads = 1;
+  const int threads = clamp_threads(num_threads);
   if (emb.dtype == kFloat64)
-    backward_impl<double>(emb, labels, opt, in, static_cast<double*>(grad), num_threads);
+    backward_impl<double>(emb, labels, opt, in, static_cast<double*>(grad), threads);
   else
-    backward_impl<float>(emb, labels, opt, in, static_cast<float*>(grad), num_threads);
+    backward_impl<float>(emb, labels, opt, in, static_cast<float*>(grad), threads);
 }
 
 const char* simd_level() { return tile_isa(); }

@@ -1,0 +1,150 @@
+"""The fused CPU backend's threads: `torch.get_num_threads()` bounds the threads of a call,
+results do not depend on it, and the kernels' own helper threads survive what training loops
+do around them (fork()ed DataLoader workers, calls from several Python threads)."""
+
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+import cliptbp_kernels as ck
+from cases import PATTERNS, make_batch
+
+pytestmark = pytest.mark.skipif("cpu" not in ck.available_backends("cpu"),
+                                reason="the CPU extension is not built")
+
+TIMEOUT = 300
+
+
+def _run(code):
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_threads_of_a_call_stay_within_torch_get_num_threads():
+    # a fresh process, so that the pool starts empty; B * T rows in many chunks per job
+    out = _run("""
+        import os, torch
+        import cliptbp_kernels as ck
+        from cliptbp_kernels import _C_cpu as C
+
+        def helpers_alive():
+            names = []
+            for t in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{t}/comm") as f:
+                    names.append(f.read().strip())
+            return names.count("cliptbp-cpu")
+
+        torch.manual_seed(0)
+        emb = torch.randn(8, 300, 32)
+        labels = torch.zeros(8, 300, dtype=torch.long)
+        labels[:, 20:90] = 1
+        labels[:, 150:200] = 2
+
+        def run():
+            e = emb.clone().requires_grad_(True)
+            lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none",
+                                             negatives="all", k=500)
+            (lc.sum() + lb.sum()).backward()
+            return lc.detach(), lb.detach(), e.grad
+
+        results = {}
+        for n in (1, 3, 2, 1):
+            torch.set_num_threads(n)
+            C.pool_peak(reset=True)
+            for _ in range(3):
+                results.setdefault(n, run())
+            print(n, C.pool_threads(), C.pool_peak(), helpers_alive())
+            assert all(torch.equal(a, b) for a, b in zip(results[n], results[1]))
+    """)
+    lines = [tuple(map(int, line.split())) for line in out.splitlines()]
+    assert [n for n, *_ in lines] == [1, 3, 2, 1]
+    # one thread: no helper is ever started, no job uses one
+    assert lines[0][1:] == (0, 0, 0)
+    for n, helpers, peak, alive in lines[1:]:
+        assert peak <= n, f"a call with torch.get_num_threads() = {n} used {peak} threads"
+        assert helpers <= 2 and alive == helpers
+    assert lines[3][2] == 0, "with one thread again, no job may use a helper"
+
+
+def test_kernels_run_in_a_forked_child_and_its_dataloader_workers():
+    # the parent's helpers do not exist in a fork()ed child: the child forgets the parent's
+    # pool and starts its own helper, also inside DataLoader workers (fork start method), and
+    # nothing hangs
+    _run("""
+        import os, sys, torch
+        import cliptbp_kernels as ck
+
+        torch.set_num_threads(2)
+        torch.manual_seed(1)
+        emb = torch.randn(6, 200, 16)
+        labels = torch.zeros(6, 200, dtype=torch.long)
+        labels[:, 30:80] = 1
+
+        def loss(e):
+            e = e.clone().requires_grad_(True)
+            lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none")
+            (lc.sum() + lb.sum()).backward()
+            return torch.cat([lc.detach(), lb.detach(), e.grad.flatten()])
+
+        ref = loss(emb)
+        pid = os.fork()
+        if pid == 0:
+            from cliptbp_kernels import _C_cpu as C
+            fresh = C.pool_threads() == 0  # the parent's helper is not here
+            ok = torch.equal(loss(emb), ref)
+            os._exit(0 if ok and fresh and C.pool_threads() == 1 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+        class Data(torch.utils.data.Dataset):
+            def __len__(self):
+                return 4
+            def __getitem__(self, i):
+                torch.set_num_threads(2)  # workers default to one thread
+                return loss(emb)
+
+        dl = torch.utils.data.DataLoader(Data(), batch_size=None, num_workers=2,
+                                         multiprocessing_context="fork", timeout=120)
+        assert all(torch.equal(x, ref) for x in dl)
+        assert torch.equal(loss(emb), ref)
+    """)
+
+
+def test_concurrent_calls_from_python_threads_agree_with_serial_ones():
+    # one call at a time uses the helpers; a call that finds them busy runs alone
+    batches = [make_batch(4, 90, 24, list(PATTERNS), seed=s) for s in range(4)]
+
+    def loss(emb, labels):
+        e = emb.clone().requires_grad_(True)
+        lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none")
+        (lc.sum() + lb.sum()).backward()
+        return lc.detach(), lb.detach(), e.grad
+
+    expected = [loss(*b) for b in batches]
+    got = [[] for _ in batches]
+    errors = []
+
+    def worker(i):
+        try:
+            for _ in range(5):
+                got[i].append(loss(*batches[i]))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(batches))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not any(t.is_alive() for t in threads), "a call hung"
+    assert errors == []
+    for exp, runs in zip(expected, got):
+        assert len(runs) == 5
+        for res in runs:
+            assert all(torch.equal(a, b) for a, b in zip(res, exp))
