@@ -2,7 +2,7 @@
 
     python -m bench.harness [--quick] [--sweep] [--shapes qvh,tacos,long4k,long16k]
         [--backends reference,cpu,compile] [--modes fwd,fwdbwd] [--device cpu|cuda]
-        [--targets]
+        [--targets] [--busy 0,1,2]
         [--csv bench/results/cpu.csv] [--repeats N] [--warmup N] [--case-timeout S]
 
 What is measured, per (backend, shape, mode) case, each in a fresh child process
@@ -24,7 +24,10 @@ What is measured, per (backend, shape, mode) case, each in a fresh child process
   on its first call after compilation. On CUDA it is the ``torch.cuda.max_memory_allocated()``
   growth over the memory allocated before the call;
 * time: wall clock (CUDA events on a GPU) of each call after warm-up; the median and the
-  20th / 80th percentiles;
+  20th / 80th / 90th percentiles;
+* contention (``--busy 0,1,2``): each case runs once per number of busy neighbour processes
+  (``bench.busy``: single-threaded tight Python loops the harness starts before the case's
+  child and stops after it, on every exit path); the ``busy`` column of the CSV;
 * GPU time (``gpu_ms``, CUDA only): the median of the same step captured once as a CUDA graph
   and replayed, timed with CUDA events: the kernels' time without the host's launch overhead
   (labels then unchecked: ``check_labels=False``). Empty where the step cannot be captured
@@ -63,8 +66,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 
 COLUMNS = ["date", "commit", "device", "threads", "torch", "triton", "backend", "shape", "B",
-           "T", "D", "dtype", "mode", "median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "status",
-           "gpu_ms"]
+           "T", "D", "dtype", "mode", "busy", "median_ms", "p20_ms", "p80_ms", "p90_ms",
+           "peak_mem_mb", "status", "gpu_ms"]
 STATUSES = ("ok", "skipped", "timeout", "oom", "error")
 MODES = ("fwd", "fwdbwd", "crit_fwdbwd")
 BASELINES = ("reference", "compile")  # everything else is a fused backend
@@ -391,7 +394,8 @@ def child_main(spec: dict) -> int:
         _emit(event="result", status=status, error=f"{type(exc).__name__}: {exc}"[:500])
         return 0
     _emit(event="result", status="ok", median_ms=percentile(times, 50),
-          p20_ms=percentile(times, 20), p80_ms=percentile(times, 80), runs=len(times),
+          p20_ms=percentile(times, 20), p80_ms=percentile(times, 80),
+          p90_ms=percentile(times, 90), runs=len(times),
           gpu_ms=gpu_ms)
     return 0
 
@@ -439,14 +443,37 @@ def run_child(cmd: Sequence[str], timeout: float, env: Optional[dict] = None) ->
     return info
 
 
+# The child of a case run against the package at another path (`package_root`): the harness
+# from this checkout, the package from there.
+_CHILD_AT = """
+import os, sys
+from bench import harness
+sys.path.insert(0, sys.argv[1])
+import cliptbp_kernels
+where = os.path.realpath(cliptbp_kernels.__file__)
+if not where.startswith(os.path.join(os.path.realpath(sys.argv[1]), "")):
+    sys.exit(f"cliptbp_kernels imported from {where}, not from {sys.argv[1]}")
+sys.exit(harness.child_main(harness.json.loads(sys.argv[2])))
+"""
+
+
 def run_case(backend: str, shape: str, mode: str, *, device: str = "cpu", warmup: int = 3,
              repeats: Optional[int] = None, min_time: float = 1.5, timeout: float = 300.0,
-             threads: Optional[int] = None, seed: int = 0, env: Optional[dict] = None) -> dict:
-    """One case in a fresh child process (see the module docstring)."""
+             threads: Optional[int] = None, seed: int = 0, env: Optional[dict] = None,
+             busy: int = 0, package_root: Optional[str] = None) -> dict:
+    """One case in a fresh child process (see the module docstring), with `busy` busy
+    neighbour processes running beside it. `package_root`: import ``cliptbp_kernels`` from
+    that directory (another checkout or build) instead of this one."""
+    from .busy import BusyNeighbours
+
     spec = dict(backend=backend, shape=shape, mode=mode, device=device, warmup=warmup,
                 repeats=repeats, min_time=min_time, threads=threads, seed=seed)
-    cmd = [sys.executable, "-m", "bench.harness", "--child", json.dumps(spec)]
-    return run_child(cmd, timeout, env)
+    if package_root is None:
+        cmd = [sys.executable, "-m", "bench.harness", "--child", json.dumps(spec)]
+    else:
+        cmd = [sys.executable, "-c", _CHILD_AT, str(package_root), json.dumps(spec)]
+    with BusyNeighbours(busy):
+        return run_child(cmd, timeout, env)
 
 
 def _git_commit() -> str:
@@ -508,15 +535,18 @@ def markdown_table(rows: Sequence[dict]) -> str:
             backends.append(r["backend"])
     backends.sort(key=lambda b: (b not in BASELINES, BASELINES.index(b) if b in BASELINES else 0))
     fused = [b for b in backends if b not in BASELINES]
-    keys: List[Tuple[str, str]] = []
-    by: Dict[Tuple[str, str, str], dict] = {}
+    keys: List[Tuple[str, str, str]] = []
+    by: Dict[Tuple[str, str, str, str], dict] = {}
     for r in rows:
-        if (r["shape"], r["mode"]) not in keys:
-            keys.append((r["shape"], r["mode"]))
-        by[(r["shape"], r["mode"], r["backend"])] = r
+        key = (r["shape"], r["mode"], str(r.get("busy") or 0))
+        if key not in keys:
+            keys.append(key)
+        by[key + (r["backend"],)] = r
+    contention = any(k[2] != "0" for k in keys)
 
     gpu = any(_num(r, "gpu_ms") is not None for r in rows)
-    head = ["shape", "mode", "B", "T"] + [f"{b} ms" for b in backends]
+    head = (["shape", "mode", "B", "T"] + (["busy"] if contention else [])
+            + [f"{b} ms" for b in backends])
     for f in fused:
         head += [f"{f} vs {b}" for b in BASELINES if b in backends]
     if gpu:  # kernel time of the CUDA-graph replay, and its ratios
@@ -540,10 +570,12 @@ def markdown_table(rows: Sequence[dict]) -> str:
         return f"{q:.0f}x" if q >= 100 else f"{q:.1f}x" if q >= 10 else f"{q:.2f}x"
 
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for shape, mode in keys:
-        any_row = next(by[(shape, mode, b)] for b in backends if (shape, mode, b) in by)
-        get = lambda b, shape=shape, mode=mode: by.get((shape, mode, b))
-        cells = [shape, mode, str(any_row["B"]), str(any_row["T"])]
+    for shape, mode, busy in keys:
+        any_row = next(by[(shape, mode, busy, b)] for b in backends
+                       if (shape, mode, busy, b) in by)
+        get = lambda b, k=(shape, mode, busy): by.get(k + (b,))
+        cells = ([shape, mode, str(any_row["B"]), str(any_row["T"])]
+                 + ([busy] if contention else []))
         cells += [cell(get(b), "median_ms") for b in backends]
         for f in fused:
             cells += [ratio(get(b), get(f), "median_ms") for b in BASELINES if b in backends]
@@ -570,6 +602,12 @@ def markdown_table(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def without_contention(rows: Sequence[dict]) -> List[dict]:
+    """The rows measured without busy neighbours (``busy`` 0, or empty in rows written before
+    the column existed)."""
+    return [r for r in rows if str(r.get("busy") or "0") == "0"]
+
+
 def append_csv(path: Path, rows: Sequence[dict]) -> None:
     """Append rows; a file written with an older column list is first rewritten with the
     current one (new columns empty in the old rows)."""
@@ -590,6 +628,17 @@ def append_csv(path: Path, rows: Sequence[dict]) -> None:
         if new:
             w.writeheader()
         w.writerows(rows)
+
+
+def parse_busy(text: str) -> List[int]:
+    """``--busy``: comma-separated counts of busy neighbours, each an int >= 0."""
+    try:
+        counts = [int(x) for x in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or any(c < 0 for c in counts):
+        raise SystemExit(f"--busy takes comma-separated ints >= 0 (e.g. 0,1,2), got {text!r}")
+    return counts
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -620,6 +669,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--case-timeout", type=float, default=300.0,
                    help="seconds per case, child start and compilation included (default 300)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in children")
+    p.add_argument("--busy", default="0",
+                   help="comma-separated numbers of busy neighbour processes to run each case "
+                        "beside (default 0; e.g. 0,1,2: quiet, one and two neighbours)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -647,6 +699,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for m in modes:
         if m not in MODES:
             raise SystemExit(f"unknown mode {m!r}; known: {', '.join(MODES)}")
+    busy_counts = parse_busy(args.busy)
     csv_path = Path(args.csv) if args.csv else ROOT / "bench" / "results" / f"{dev_type}.csv"
     min_time = args.min_time if args.min_time is not None else (0.5 if args.quick else 1.5)
 
@@ -664,11 +717,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.targets:
         cases = [(s, m, b) for b, s, m in target_cases([b for b in backends
                                                         if b not in BASELINES])]
+    cases = [(s, m, b, n) for s, m, b in cases for n in busy_counts]
     try:
-        for i, (s, m, b) in enumerate(cases, 1):
+        for i, (s, m, b, n) in enumerate(cases, 1):
             shape = get_shape(s)
             row = dict(common, backend=b, shape=s, B=shape.B, T=shape.T, D=shape.D, mode=m,
-                       threads=args.threads or torch.get_num_threads())
+                       busy=n, threads=args.threads or torch.get_num_threads())
             if args.quick and s == "long16k" and b in BASELINES:
                 info = {"status": "skipped", "why": "--quick"}
             elif args.sweep and (b, m) in failed:
@@ -677,12 +731,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 info = run_case(b, s, m, device=args.device, warmup=args.warmup,
                                 repeats=args.repeats, min_time=min_time,
                                 timeout=args.case_timeout, threads=args.threads,
-                                seed=args.seed, env=env)
+                                seed=args.seed, env=env, busy=n)
             if info["status"] in ("timeout", "oom", "error"):
                 failed.add((b, m))
             row["status"] = info["status"]
             row["threads"] = info.get("threads", row["threads"])
-            for k in ("median_ms", "p20_ms", "p80_ms", "peak_mem_mb", "gpu_ms"):
+            for k in ("median_ms", "p20_ms", "p80_ms", "p90_ms", "peak_mem_mb", "gpu_ms"):
                 v = info.get(k)
                 row[k] = f"{v:.6g}" if isinstance(v, (int, float)) else ""
             rows.append(row)
@@ -690,7 +744,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             note = info.get("why") or info.get("error") or ""
             if info["status"] != "ok" and not note and info.get("log"):
                 note = info["log"].splitlines()[-1]
-            print(f"[{i}/{len(cases)}] {b:9s} {s:9s} {m:6s} {row['status']:7s} "
+            print(f"[{i}/{len(cases)}] {b:9s} {s:9s} {m:6s} "
+                  + (f"busy {n} " if len(busy_counts) > 1 or n else "")
+                  + f"{row['status']:7s} "
                   f"median {row['median_ms'] or '-'} ms  (p20 {row['p20_ms'] or '-'}, "
                   f"p80 {row['p80_ms'] or '-'})  peak {row['peak_mem_mb'] or '-'} MB"
                   + (f"  [{info['runs']} runs]" if "runs" in info else "")
@@ -705,7 +761,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"\n{common['device']} | threads {','.join(threads) or '?'} | torch {common['torch']}"
           f" | triton {common['triton']} | commit {common['commit']} | {common['date']}")
     print(f"time: median wall clock ms of L_clip + L_boun (float32); memory: MB, {mem_what}; "
-          f"speed-ups measured side by side in this run\n")
+          f"speed-ups measured side by side in this run"
+          + ("; busy: busy neighbour processes beside the case" if any(busy_counts) else "")
+          + "\n")
     print(markdown_table(rows))
     print(f"\nrows appended to {csv_path}")
     return 0

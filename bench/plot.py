@@ -4,7 +4,8 @@
         [--date ISO-DATE]
 
 Reads the rows of the latest run in the CSV (the rows of its latest ``date``; every row of
-one harness run has the same date) or of ``--date``, and writes one PNG with two log-log
+one harness run has the same date) or of ``--date``, leaving out rows measured beside busy
+neighbours (``--busy``), and writes one PNG with two log-log
 panels: median time (20-80 percentile bars) and peak memory against T. Solid lines are
 forward+backward, dashed lines forward only. Cases that did not finish (timeout, oom,
 error, skipped) are listed under the panels.
@@ -18,11 +19,14 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from bench.harness import without_contention
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def latest_rows(rows: Sequence[dict], date: Optional[str] = None) -> List[dict]:
-    """The rows of the run at `date`, or of the latest date."""
+    """The rows of the run at `date`, or of the latest date, without the contention rows."""
+    rows = without_contention(rows)
     if not rows:
         return []
     date = date or max(r["date"] for r in rows)

@@ -120,7 +120,7 @@ def read_rows(path: Path, date: Optional[str] = None) -> List[dict]:
     """The rows of one run of a benchmark CSV: `date`, else the latest run holding each case
     (so that runs of the baselines and of the fused backends can be combined)."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+        rows = harness.without_contention(list(csv.DictReader(f)))
     if date is not None:
         return [r for r in rows if r["date"] == date]
     latest: Dict[Tuple[str, str, str], dict] = {}
