@@ -81,6 +81,11 @@ class TrainConfig:
     radius: int = 1
     backend: str = "auto"
     eval_every: int = 4
+    # DataLoader worker processes. 0 (load in the training process) by default: the items are
+    # small feature arrays, and on a machine with few cores a worker only takes a core from
+    # the training step's own threads (bench/README.md, "The training step", gives the
+    # measurements).
+    num_workers: int = 0
     device: str = "auto"
     out: str = "runs/default"
     progress: bool = True
@@ -92,6 +97,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {sorted(unknown)}")
         return cls(**d)
+
+    def __post_init__(self) -> None:
+        if (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
+                or self.num_workers < 0):
+            raise ValueError(f"num_workers must be an int >= 0, got {self.num_workers!r}")
 
 
 def set_seed(seed: int) -> None:
@@ -132,10 +142,14 @@ def build_datasets(cfg: TrainConfig):
     return train, val, layout
 
 
-def _loader(ds, cfg: TrainConfig, shuffle: bool, seed: int):
+def make_loader(ds, cfg: TrainConfig, shuffle: bool, seed: int):
+    """The DataLoader of a training or validation pass: `cfg.batch_size`, `cfg.num_workers`
+    worker processes (each with one torch thread, the DataLoader's default), the order drawn
+    from `seed` (the same batches whatever the number of workers)."""
     g = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, shuffle=shuffle,
-                                       collate_fn=mr_data.collate, generator=g)
+                                       collate_fn=mr_data.collate, generator=g,
+                                       num_workers=cfg.num_workers)
 
 
 def _to(batch: Dict, device: torch.device) -> Dict:
@@ -228,7 +242,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     (out_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
     gt_val = load_jsonl(val_ds.annotation_file)
-    val_loader = _loader(val_ds, cfg, shuffle=False, seed=cfg.seed)
+    val_loader = make_loader(val_ds, cfg, shuffle=False, seed=cfg.seed)
     step_times: List[float] = []
     try:
         from tqdm import tqdm
@@ -237,7 +251,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
-        loader = _loader(train_ds, cfg, shuffle=True, seed=cfg.seed * 1000 + epoch)
+        loader = make_loader(train_ds, cfg, shuffle=True, seed=cfg.seed * 1000 + epoch)
         it = loader
         if cfg.progress and tqdm is not None:
             it = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, file=sys.stdout)

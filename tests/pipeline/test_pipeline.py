@@ -124,3 +124,21 @@ def test_compare_main_job(tiny_root, tmp_path):
     report = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "with ClipTBP" in report and "baseline losses only" in report
     assert "speed-up" in report
+
+
+def test_loader_workers_change_nothing(tiny_root, tmp_path):
+    """Batches loaded by worker processes (which fork the training process after the CPU
+    kernels' pool has started) train exactly like batches loaded in the training process."""
+    runs = [train(TrainConfig(data=str(tiny_root), epochs=2, out=str(tmp_path / f"w{n}"),
+                              num_workers=n, **TINY)) for n in (0, 2)]
+    assert runs[0]["history"] == runs[1]["history"]
+    assert runs[0]["val"] == runs[1]["val"]
+    a, b = (torch.load(tmp_path / f"w{n}" / "checkpoint.pt", weights_only=False)["model"]
+            for n in (0, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "2"])
+def test_num_workers_is_checked(bad):
+    with pytest.raises(ValueError, match=r"num_workers must be an int >= 0, got"):
+        TrainConfig(num_workers=bad)
