@@ -79,6 +79,19 @@ PYBIND11_MODULE(_C_cpu, m) {
         "The most threads (the caller included) one parallel job of the kernels used since the "
         "last reset; reset=True starts a new count.");
 
+  m.def("pool_backoff_stats", &cpu::pool_backoff_stats,
+        "(busy looks, stragglers, serial jobs): how often a calling thread found itself waiting "
+        "for a CPU, how often it waited long for a helper that had lost its core, and how many "
+        "jobs ran on the calling thread alone while backing off after either.");
+
+  m.def("set_pool_backoff", &cpu::set_pool_backoff, py::arg("on"),
+        "Turn the pool's back-off on busy machines on (default) or off; returns the previous "
+        "setting. Off, every job with work for them uses the helper threads (for tests).");
+
+  m.def("pool_back_off_for", &cpu::pool_back_off_for, py::arg("ms"),
+        "Start a back-off period of `ms` milliseconds now: jobs run on the calling thread "
+        "alone until it ends (for tests).");
+
   m.def("simd_level", &cpu::simd_level,
         "Instruction set the similarity tiles were dispatched to on this machine.");
 }

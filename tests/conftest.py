@@ -36,6 +36,19 @@ settings.register_profile("long", max_examples=10000, deadline=None, print_blob=
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+# The CPU kernels' pool runs jobs on the calling thread alone while the machine is busy
+# (docs/losses.md, section 13.2), and the test command keeps the machine busy (two pytest
+# processes). Off here, so that the tests of thread counts and of every option run the
+# parallel paths; tests/backends/test_cpu_pool.py tests the back-off itself (in fresh
+# processes, where it is on as for every user).
+try:
+    from cliptbp_kernels import _C_cpu as _cpu_module
+except ImportError:  # the CPU extension is not built: its tests skip
+    _cpu_module = None
+if _cpu_module is not None:
+    _cpu_module.set_pool_backoff(False)
+
+
 @pytest.fixture(autouse=True)
 def _restore_threads():
     n = torch.get_num_threads()

@@ -7,12 +7,16 @@
 // helper that has not started: the calling thread takes every chunk that no helper has
 // claimed, and at the end waits only for chunks already in progress. Idle helpers spin for a
 // bounded time after a job (the kernels run several jobs back to back), then sleep on a
-// condition variable. The pool is private to this module: it changes no OpenMP or torch
-// setting, and its threads exist only while the process uses the kernels.
+// condition variable. When the machine is oversubscribed (the calling thread itself waits
+// for a CPU, or it waits long for a helper that lost its core mid-chunk), the following
+// jobs run on the caller alone for a while: a helper would only queue for a core too. The pool is private to this module: it
+// changes no OpenMP or torch setting, and its threads exist only while the process uses the
+// kernels.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <tuple>
 
 namespace cliptbp {
 namespace cpu {
@@ -32,6 +36,15 @@ int pool_threads();
 // The most threads (the caller included) that took part in one job of the helpers since the
 // last reset; `reset` starts a new count (for tests). Calls that ran alone do not count.
 int pool_peak(bool reset);
+// (busy looks, stragglers, jobs run on the caller alone while backing off) in this process:
+// how often a caller found itself waiting for a CPU or waited long for a helper that had
+// lost its core (for tests and benchmarks; see pool.cpp).
+std::tuple<int64_t, int64_t, int64_t> pool_backoff_stats();
+// Turn the back-off on busy machines on (the default) or off; returns the previous setting.
+// Off, every job with work for them uses the helpers (tests of the parallel paths).
+bool set_pool_backoff(bool on);
+// Start a back-off period of `ms` milliseconds now (tests).
+void pool_back_off_for(int64_t ms);
 
 }  // namespace cpu
 }  // namespace cliptbp

@@ -2,6 +2,7 @@
 results do not depend on it, and the kernels' own helper threads survive what training loops
 do around them (fork()ed DataLoader workers, calls from several Python threads)."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -19,11 +20,29 @@ pytestmark = pytest.mark.skipif("cpu" not in ck.available_backends("cpu"),
 TIMEOUT = 300
 
 
-def _run(code):
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+def _run(code, neighbours=0):
+    """Run `code` in a fresh Python process; with `neighbours`, the code prints "ready" and
+    waits for a line on stdin, which comes once that many busy processes run beside it."""
+    if not neighbours:
+        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                              capture_output=True, text=True, timeout=TIMEOUT)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+    from bench.busy import BusyNeighbours
+
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        with BusyNeighbours(neighbours):
+            out, err = proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    return out
 
 
 def test_threads_of_a_call_stay_within_torch_get_num_threads():
@@ -32,6 +51,8 @@ def test_threads_of_a_call_stay_within_torch_get_num_threads():
         import os, torch
         import cliptbp_kernels as ck
         from cliptbp_kernels import _C_cpu as C
+
+        C.set_pool_backoff(False)  # every job may use the helpers, busy machine or not
 
         def helpers_alive():
             names = []
@@ -57,8 +78,10 @@ def test_threads_of_a_call_stay_within_torch_get_num_threads():
         for n in (1, 3, 2, 1):
             torch.set_num_threads(n)
             C.pool_peak(reset=True)
-            for _ in range(3):
+            for i in range(40):  # until a helper took part (it may be slow to get a core)
                 results.setdefault(n, run())
+                if i >= 2 and (n == 1 or C.pool_peak() >= 2):
+                    break
             print(n, C.pool_threads(), C.pool_peak(), helpers_alive())
             assert all(torch.equal(a, b) for a, b in zip(results[n], results[1]))
     """)
@@ -68,6 +91,8 @@ def test_threads_of_a_call_stay_within_torch_get_num_threads():
     assert lines[0][1:] == (0, 0, 0)
     for n, helpers, peak, alive in lines[1:]:
         assert peak <= n, f"a call with torch.get_num_threads() = {n} used {peak} threads"
+        if n > 1:
+            assert peak >= 2, f"no helper ever took part with {n} threads"
         assert helpers <= 2 and alive == helpers
     assert lines[3][2] == 0, "with one thread again, no job may use a helper"
 
@@ -148,3 +173,70 @@ def test_concurrent_calls_from_python_threads_agree_with_serial_ones():
         assert len(runs) == 5
         for res in runs:
             assert all(torch.equal(a, b) for a, b in zip(res, exp))
+
+
+def test_back_off_runs_jobs_on_the_caller_alone_with_the_same_results():
+    out = _run("""
+        import torch
+        import cliptbp_kernels as ck
+        from cliptbp_kernels import _C_cpu as C
+
+        torch.set_num_threads(2)
+        torch.manual_seed(2)
+        emb = torch.randn(6, 300, 32)
+        labels = torch.zeros(6, 300, dtype=torch.long)
+        labels[:, 40:120] = 1
+
+        def run():
+            e = emb.clone().requires_grad_(True)
+            lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none",
+                                             negatives="all", k=300)
+            (lc.sum() + lb.sum()).backward()
+            return lc.detach(), lb.detach(), e.grad
+
+        assert C.set_pool_backoff(False) is True  # on by default
+        parallel = run()
+        C.set_pool_backoff(True)
+        C.pool_back_off_for(60_000)
+        C.pool_peak(reset=True)
+        before = C.pool_backoff_stats()
+        alone = [run() for _ in range(3)]
+        after = C.pool_backoff_stats()
+        assert C.pool_peak() == 0, "a job used a helper while backing off"
+        assert after[2] > before[2], (before, after)
+        for res in alone:
+            assert all(torch.equal(a, b) for a, b in zip(res, parallel))
+        print("ok")
+    """)
+    assert out.strip().endswith("ok")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) > 8, reason="needs a machine whose cores two or a few "
+                    "busy processes can fill")
+def test_busy_machine_is_noticed_and_jobs_run_alone():
+    # as many busy neighbours as cores: the calling thread must queue for a core, which the
+    # pool notices (Linux schedstat) and answers by running jobs on the caller alone
+    if not os.path.exists("/proc/thread-self/schedstat"):
+        pytest.skip("the kernel does not report per-thread run-queue waits")
+    out = _run("""
+        import time, torch
+        import cliptbp_kernels as ck
+        from cliptbp_kernels import _C_cpu as C
+
+        torch.set_num_threads(2)
+        emb = torch.randn(8, 200, 32)
+        labels = torch.zeros(8, 200, dtype=torch.long)
+        labels[:, 30:90] = 1
+        ref = ck.clip_pair_loss(emb, labels, backend="cpu", reduction="none")
+        print("ready", flush=True)
+        input()  # the neighbours are running
+        before = C.pool_backoff_stats()
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            assert torch.equal(ck.clip_pair_loss(emb, labels, backend="cpu",
+                                                 reduction="none"), ref)
+        after = C.pool_backoff_stats()
+        print(after[0] - before[0], after[2] - before[2])
+    """, neighbours=os.cpu_count() or 1)
+    busy_looks, serial_jobs = map(int, out.split()[-2:])
+    assert busy_looks > 0 and serial_jobs > 0, out
