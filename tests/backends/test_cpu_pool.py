@@ -19,18 +19,34 @@ pytestmark = pytest.mark.skipif("cpu" not in ck.available_backends("cpu"),
 
 TIMEOUT = 300
 
+# What every subprocess script below starts with: the imports, and forward + backward of both
+# losses on the CPU backend (per-sample losses and the gradient).
+_PRELUDE = """
+import os, sys, time
+import torch
+import cliptbp_kernels as ck
+from cliptbp_kernels import _C_cpu as C
+
+
+def fwd_bwd(emb, labels, **options):
+    e = emb.clone().requires_grad_(True)
+    lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none", **options)
+    (lc.sum() + lb.sum()).backward()
+    return lc.detach(), lb.detach(), e.grad
+"""
+
 
 def _run(code, neighbours=0):
     """Run `code` in a fresh Python process; with `neighbours`, the code prints "ready" and
     waits for a line on stdin, which comes once that many busy processes run beside it."""
     if not neighbours:
-        proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+        proc = subprocess.run([sys.executable, "-c", _PRELUDE + textwrap.dedent(code)],
                               capture_output=True, text=True, timeout=TIMEOUT)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc.stdout
     from bench.busy import BusyNeighbours
 
-    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], text=True,
+    proc = subprocess.Popen([sys.executable, "-c", _PRELUDE + textwrap.dedent(code)], text=True,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
@@ -48,10 +64,6 @@ def _run(code, neighbours=0):
 def test_threads_of_a_call_stay_within_torch_get_num_threads():
     # a fresh process, so that the pool starts empty; B * T rows in many chunks per job
     out = _run("""
-        import os, torch
-        import cliptbp_kernels as ck
-        from cliptbp_kernels import _C_cpu as C
-
         C.set_pool_backoff(False)  # every job may use the helpers, busy machine or not
 
         def helpers_alive():
@@ -67,19 +79,12 @@ def test_threads_of_a_call_stay_within_torch_get_num_threads():
         labels[:, 20:90] = 1
         labels[:, 150:200] = 2
 
-        def run():
-            e = emb.clone().requires_grad_(True)
-            lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none",
-                                             negatives="all", k=500)
-            (lc.sum() + lb.sum()).backward()
-            return lc.detach(), lb.detach(), e.grad
-
         results = {}
         for n in (1, 3, 2, 1):
             torch.set_num_threads(n)
             C.pool_peak(reset=True)
             for i in range(40):  # until a helper took part (it may be slow to get a core)
-                results.setdefault(n, run())
+                results.setdefault(n, fwd_bwd(emb, labels, negatives="all", k=500))
                 if i >= 2 and (n == 1 or C.pool_peak() >= 2):
                     break
             print(n, C.pool_threads(), C.pool_peak(), helpers_alive())
@@ -102,9 +107,6 @@ def test_kernels_run_in_a_forked_child_and_its_dataloader_workers():
     # pool and starts its own helper, also inside DataLoader workers (fork start method), and
     # nothing hangs
     _run("""
-        import os, sys, torch
-        import cliptbp_kernels as ck
-
         torch.set_num_threads(2)
         torch.manual_seed(1)
         emb = torch.randn(6, 200, 16)
@@ -112,15 +114,11 @@ def test_kernels_run_in_a_forked_child_and_its_dataloader_workers():
         labels[:, 30:80] = 1
 
         def loss(e):
-            e = e.clone().requires_grad_(True)
-            lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none")
-            (lc.sum() + lb.sum()).backward()
-            return torch.cat([lc.detach(), lb.detach(), e.grad.flatten()])
+            return torch.cat([t.flatten() for t in fwd_bwd(e, labels)])
 
         ref = loss(emb)
         pid = os.fork()
         if pid == 0:
-            from cliptbp_kernels import _C_cpu as C
             fresh = C.pool_threads() == 0  # the parent's helper is not here
             ok = torch.equal(loss(emb), ref)
             os._exit(0 if ok and fresh and C.pool_threads() == 1 else 1)
@@ -177,10 +175,6 @@ def test_concurrent_calls_from_python_threads_agree_with_serial_ones():
 
 def test_back_off_runs_jobs_on_the_caller_alone_with_the_same_results():
     out = _run("""
-        import torch
-        import cliptbp_kernels as ck
-        from cliptbp_kernels import _C_cpu as C
-
         torch.set_num_threads(2)
         torch.manual_seed(2)
         emb = torch.randn(6, 300, 32)
@@ -188,11 +182,7 @@ def test_back_off_runs_jobs_on_the_caller_alone_with_the_same_results():
         labels[:, 40:120] = 1
 
         def run():
-            e = emb.clone().requires_grad_(True)
-            lc, lb = ck.clip_boundary_losses(e, labels, backend="cpu", reduction="none",
-                                             negatives="all", k=300)
-            (lc.sum() + lb.sum()).backward()
-            return lc.detach(), lb.detach(), e.grad
+            return fwd_bwd(emb, labels, negatives="all", k=300)
 
         assert C.set_pool_backoff(False) is True  # on by default
         parallel = run()
@@ -219,10 +209,6 @@ def test_busy_machine_is_noticed_and_jobs_run_alone():
     if not os.path.exists("/proc/thread-self/schedstat"):
         pytest.skip("the kernel does not report per-thread run-queue waits")
     out = _run("""
-        import time, torch
-        import cliptbp_kernels as ck
-        from cliptbp_kernels import _C_cpu as C
-
         torch.set_num_threads(2)
         emb = torch.randn(8, 200, 32)
         labels = torch.zeros(8, 200, dtype=torch.long)
