@@ -630,15 +630,20 @@ def append_csv(path: Path, rows: Sequence[dict]) -> None:
         w.writerows(rows)
 
 
+def parse_ints(text: str, option: str, minimum: int) -> List[int]:
+    """Comma-separated ints, each >= `minimum`, of command-line option `option`."""
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or any(v < minimum for v in values):
+        raise SystemExit(f"{option} takes comma-separated ints >= {minimum}, got {text!r}")
+    return values
+
+
 def parse_busy(text: str) -> List[int]:
     """``--busy``: comma-separated counts of busy neighbours, each an int >= 0."""
-    try:
-        counts = [int(x) for x in text.split(",")]
-    except ValueError:
-        counts = []
-    if not counts or any(c < 0 for c in counts):
-        raise SystemExit(f"--busy takes comma-separated ints >= 0 (e.g. 0,1,2), got {text!r}")
-    return counts
+    return parse_ints(text, "--busy", 0)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from bench.busy import BusyNeighbours
-from bench.harness import MARK, ROOT, parse_busy, percentile
+from bench.harness import MARK, parse_busy, parse_ints, percentile, run_child
 
 WARMUP = 3
 
@@ -84,31 +83,22 @@ def child_main(spec: dict) -> int:
         del it  # ends the workers of this pass
     per_batch = [w + s for w, s in zip(waits, steps)]
     print(MARK + json.dumps(dict(
-        wait_ms=statistics.median(waits), step_ms=statistics.median(steps),
+        event="result", status="ok", wait_ms=statistics.median(waits),
+        step_ms=statistics.median(steps),
         batch_ms=statistics.median(per_batch), batch_p90_ms=percentile(per_batch, 90),
         threads=torch.get_num_threads())), flush=True)
     return 0
 
 
 def run_setting(spec: dict, busy: int, timeout: float = 1800.0) -> dict:
-    """One setting in a fresh child process beside `busy` busy neighbours."""
+    """One setting in a fresh child process (its own process group, DataLoader workers
+    included, killed after `timeout` s) beside `busy` busy neighbours."""
     cmd = [sys.executable, "-m", "bench.train_step", "--child", json.dumps(spec)]
     with BusyNeighbours(busy):
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
-    raise RuntimeError(f"setting {spec} (busy {busy}) failed:\n{proc.stderr[-2000:]}")
-
-
-def _ints(text: str, what: str, minimum: int) -> List[int]:
-    try:
-        values = [int(x) for x in text.split(",")]
-    except ValueError:
-        values = []
-    if not values or any(v < minimum for v in values):
-        raise SystemExit(f"{what} takes comma-separated ints >= {minimum}, got {text!r}")
-    return values
+        info = run_child(cmd, timeout)
+    if info["status"] != "ok":
+        raise RuntimeError(f"setting {spec} (busy {busy}): {info['status']}\n{info['log']}")
+    return info
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -132,8 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for d in data:
         if d not in ("synthetic-qvh", "synthetic-tacos"):
             raise SystemExit(f"--data: synthetic-qvh or synthetic-tacos, got {d!r}")
-    workers = _ints(args.workers, "--workers", 0)
-    threads = _ints(args.threads, "--threads", 1)
+    workers = parse_ints(args.workers, "--workers", 0)
+    threads = parse_ints(args.threads, "--threads", 1)
     busy = parse_busy(args.busy)
     if args.batches < 1 or args.runs < 1:
         raise SystemExit("--batches and --runs must be >= 1")
