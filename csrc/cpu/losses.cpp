@@ -17,9 +17,7 @@
 #include "losses.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <exception>
 #include <limits>
 #include <memory>
 #include <mutex>

@@ -135,19 +135,17 @@ struct Job {
 
 class Pool {
  public:
-  // Runs `job` on the caller and up to `helpers` helpers. False (nothing run) if another job
-  // holds the helpers.
+  // Runs `job` on the caller and up to `helpers` helpers. False (nothing run: the caller runs
+  // the job alone) if another job holds the helpers or the pool is backing off.
   bool try_run(Job& job, int helpers) {
     std::unique_lock<std::mutex> call(call_, std::try_to_lock);
     if (!call.owns_lock()) return false;
     const auto start = Clock::now();
     const bool backoff = backoff_enabled_.load(std::memory_order_relaxed);
     if (backoff) look_for_a_busy_machine(start);
-    if (backoff && start < serial_until_) {  // backing off on a busy machine: run alone
+    if (backoff && start < serial_until_) {  // backing off on a busy machine
       ++serial_jobs_;
-      job.max_helpers = 0;
-      job.run(0);
-      return true;
+      return false;
     }
     grow(helpers);
     job.max_helpers = std::min(helpers, size_.load(std::memory_order_relaxed));

@@ -25,8 +25,8 @@ namespace cpu {
 // `grain` indices long, every index exactly once. `slot` in [0, max_threads) names the thread
 // running the chunk (0 for the caller); two chunks with the same slot never run at the same
 // time, so per-slot scratch needs no lock. At most min(max_threads, number of chunks) threads
-// take part; with max_threads <= 1, or while another call is using the helpers, the caller
-// runs every chunk itself in index order. If fn throws, no further chunks are handed out and
+// take part; with max_threads <= 1, while another call is using the helpers, or while the
+// pool backs off on a busy machine, the caller runs every chunk itself in index order. If fn throws, no further chunks are handed out and
 // the first exception is rethrown on the calling thread once every running chunk has ended.
 void parallel_for(int64_t n, int64_t grain, int max_threads,
                   const std::function<void(int64_t, int64_t, int)>& fn);
