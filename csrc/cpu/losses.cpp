@@ -150,6 +150,22 @@ double dot(const A* a, const B* b, int64_t D) {
 
 // Norm of clip i of sample b; sets `finite` to false when the clip holds NaN or Inf.
 double clip_norm(const EmbView& e, int64_t b, int64_t i, bool* finite) {
+  if (e.dtype == kFloat32 && e.sd == 1) {
+    // The common case without the staging row: the same products in the same order as
+    // dot() over the row converted to double below, so the same bits.
+    const float* p = static_cast<const float*>(e.data) + e.offset(b, i);
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t d = 0;
+    for (; d + 4 <= e.D; d += 4)
+      for (int l = 0; l < 4; ++l) {
+        const double x = static_cast<double>(p[d + l]);
+        acc[l] += x * x;
+      }
+    for (; d < e.D; ++d) acc[0] += static_cast<double>(p[d]) * static_cast<double>(p[d]);
+    const double ss = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    *finite = std::isfinite(ss);
+    return std::sqrt(ss);
+  }
   thread_local std::vector<double> row;
   row.resize(static_cast<size_t>(e.D));
   load_row(e, b, i, 1.0, row.data(), 1);
@@ -547,6 +563,9 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
   const double inv_tau = 1.0 / opt.tau;
   const int64_t rg = row_grain(D);
   std::vector<std::unique_ptr<Scratch<CT>>> scratch(static_cast<size_t>(threads));
+  // Rows of `grad` that passes 1 and 2 add to (1 byte each: each row is written by one chunk
+  // at a time). Pass 3 visits only these: every other row is still exactly zero.
+  std::vector<uint8_t> touched(static_cast<size_t>(B * T), 0);
 
   parallel_for(B * T, rg, threads, [&](int64_t r0, int64_t r1, int) {
     std::fill(grad + r0 * D, grad + r1 * D, CT(0));
@@ -592,6 +611,7 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
         CT* g = grad + (b * T + gt[r0 + r]) * D;
         const CT* src = sc.GU.data() + r * D;
         for (int64_t d = 0; d < D; ++d) g[d] += src[d];
+        touched[b * T + gt[r0 + r]] = 1;
       }
     }
   });
@@ -615,6 +635,8 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
           gi[d] += cf * ub[d];
           gj[d] += cf * ua[d];
         }
+        touched[b * T + i] = 1;
+        touched[b * T + j] = 1;
       };
       auto load_apply = [&](int64_t i, int64_t j, double coef) {
         load_row(e, b, i, inv[i], ua, 1);
@@ -664,11 +686,10 @@ void backward_impl(const EmbView& e, const int64_t* labels, const LossOptions& o
     CT* uw = sc.a.data();
     for (int64_t f = f0; f < f1; ++f) {
       const int64_t b = f / T, i = f % T;
+      // Rows no pass added to (padding, untouched clips, non-finite samples) stay zero. A
+      // touched row whose sum is exactly zero comes out as +0, as it went in.
+      if (!touched[f] || labels[f] < 0) continue;
       CT* g = grad + f * D;
-      // Rows without gradient (padding, untouched clips, non-finite samples) stay zero.
-      bool any = false;
-      for (int64_t d = 0; d < D; ++d) any = any || g[d] != CT(0);
-      if (!any || labels[f] < 0) continue;
       const double inv = P.inv_norm[f];
       if (inv < 1.0 / kNormEps) {
         load_row(e, b, i, inv, uw, 1);
