@@ -18,9 +18,11 @@ Each function returns a dict that goes straight into the criterion::
   encoder's video memory and no offsets, and take the auxiliary loss on their
   Hungarian-matched spans, see :func:`detr_matched_spans`.
 
-The layouts were read from the baselines' own code; ``docs/integrations.md`` names the files.
-Labels follow ``windows_to_labels`` (clip ``i`` takes a window when its centre lies inside),
-which on QVHighlights reproduces ``relevant_clip_ids``.
+The layouts were read from the baselines' own code; ``docs/integrations.md`` names the files
+and lines. Labels follow ``windows_to_labels``; each baseline adapter defaults to the label rule
+of its baseline (``rule=``), so that ClipTBP's foreground is the baseline's own. A missing
+output that the recipe's model change exports raises :class:`MissingOutputError`, which names
+the change.
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .labels import merge_windows, to_python, windows_to_labels
+from .labels import _clip_lengths, check_rule, merge_windows, to_python, windows_to_labels
 
 __all__ = [
+    "MissingOutputError",
     "detr_matched_spans",
     "flashvtg_inputs",
     "inputs_from_windows",
@@ -42,6 +45,14 @@ __all__ = [
 ]
 
 OFFSET_UNITS = ("clips", "seconds", "normalized")
+
+
+class MissingOutputError(KeyError):
+    """A tensor the adapter needs is not in the baseline's ``outputs``: the model change of
+    the recipe (docs/integrations.md) is missing. The message names the change."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +88,23 @@ def _check_device(t: Tensor, name: str, device: torch.device) -> None:
         raise ValueError(f"{name} must be on the device of emb ({device}); got {t.device}")
 
 
+def _model_output(outputs: object, key: str, default_key: str, missing: str) -> Tensor:
+    """``outputs[key]`` as a floating ``[B, T, D]`` tensor. A missing ``default_key`` raises
+    :class:`MissingOutputError` with ``missing``, the model change that exports it."""
+    if not isinstance(outputs, Mapping):
+        raise TypeError(f"outputs must be a dict; got {type(outputs).__name__}")
+    if not isinstance(key, str):
+        raise TypeError(f"emb_key must be a str; got {type(key).__name__}")
+    if key not in outputs:
+        if key == default_key:
+            raise MissingOutputError(missing)
+        raise MissingOutputError(f"outputs[{key!r}] is missing (emb_key={key!r})")
+    emb = _tensor(_require(outputs, key, "outputs"), f"outputs[{key!r}]", floating=True)
+    if emb.dim() != 3:
+        raise ValueError(f"outputs[{key!r}] must have shape [B, T, D]; got {tuple(emb.shape)}")
+    return emb
+
+
 def _is_padding(window: object) -> bool:
     """``[inf, inf]``: the padding row of FlashVTG's ``extract_relevant_windows``."""
     window = to_python(window)
@@ -109,11 +137,12 @@ def inputs_from_windows(
     emb: Tensor,
     video_mask: Optional[Tensor],
     windows_sec: Sequence,
-    clip_len: float,
+    clip_len: Union[float, Sequence[float], Tensor],
     pred_offsets: Optional[Tensor] = None,
     offset_unit: str = "clips",
     *,
     anchor: Union[float, Tensor] = 0.0,
+    rule: str = "center",
 ) -> Dict[str, Tensor]:
     """`ClipTBPLoss` inputs from per-clip embeddings and ground-truth windows in seconds.
 
@@ -127,7 +156,9 @@ def inputs_from_windows(
             pairs in seconds (lists, tuples, NumPy arrays or tensors, e.g. the dataset's
             ``relevant_windows``). Rows ``[inf, inf]`` (FlashVTG's padding) are dropped.
         clip_len: clip length in seconds; clip ``i`` (row ``i`` of ``emb``) covers
-            ``[i * clip_len, (i + 1) * clip_len)``.
+            ``[i * clip_len, (i + 1) * clip_len)``. One number, or one per sample (a sequence
+            or 1-D tensor) where a data set pools long videos to a fixed number of clips
+            (TD-DETR: ``duration / n_b``).
         pred_offsets: optional ``[B, T, 2]`` floating, on the device of ``emb``: per clip the
             predicted distances ``(d_start, d_end) >= 0`` from the clip's anchor point to the
             predicted start and end, in ``offset_unit``; the predicted window of clip ``i``
@@ -138,14 +169,18 @@ def inputs_from_windows(
         anchor: the anchor ``a_i`` of clip ``i``. A number ``c`` puts it at ``i + c`` clips
             (``0.0``: the clip's start, as FlashVTG; ``0.5``: its centre). A tensor
             broadcastable to ``[B, T]`` gives it directly, in ``offset_unit``.
+        rule: the label rule of ``windows_to_labels``: ``"center"`` (default, the
+            specification's; QVHighlights' ``relevant_clip_ids``), ``"univtg"`` or ``"floor"``
+            (the baselines' own foreground, see docs/losses.md, section 6).
 
     Returns:
         A dict for ``ClipTBPLoss.forward``:
 
         * ``"emb"``: ``emb`` itself.
         * ``"labels"``: LongTensor ``[B, T]`` on the device of ``emb``, from
-          ``windows_to_labels(windows_sec, T, clip_len)``: ``0`` background, ``w >= 1`` the
-          ``w``-th merged window (start order), ``-1`` where ``video_mask`` is 0.
+          ``windows_to_labels(windows_sec, T, clip_len, rule=rule)``: ``0`` background,
+          ``w >= 1`` the ``w``-th merged window (start order), ``-1`` where ``video_mask``
+          is 0.
         * only when ``pred_offsets`` is given:
           ``"pred_spans"`` ``[B, T, 2]`` = ``(a_i - d_start, a_i + d_end)``;
           ``"target_spans"`` ``[B, T, 2]`` = the (merged) window of the clip's label, both as
@@ -157,6 +192,15 @@ def inputs_from_windows(
 
     Builds the labels on the CPU: a few small host-device copies (``video_mask``, labels).
     """
+    return _from_windows(emb, video_mask, windows_sec, clip_len, pred_offsets, offset_unit,
+                         anchor, rule, None)
+
+
+def _from_windows(emb, video_mask, windows_sec, clip_len, pred_offsets, offset_unit, anchor,
+                  rule, label_clip_len) -> Dict[str, Tensor]:
+    """:func:`inputs_from_windows`; ``label_clip_len`` (one per sample), when given, is the
+    clip length of the labels only (FlashVTG labels with ``duration / n`` and regresses with
+    its fixed clip length)."""
     emb = _tensor(emb, "emb", floating=True)
     if emb.dim() != 3:
         raise ValueError(f"emb must have shape [B, T, D]; got {tuple(emb.shape)}")
@@ -171,11 +215,8 @@ def inputs_from_windows(
         _check_device(video_mask, "video_mask", device)
         valid = video_mask != 0
 
-    if isinstance(clip_len, bool) or not isinstance(clip_len, numbers.Real):
-        raise TypeError(f"clip_len must be a real number; got {type(clip_len).__name__}")
-    clip_len = float(clip_len)
-    if not math.isfinite(clip_len) or clip_len <= 0:
-        raise ValueError(f"clip_len must be a finite number > 0; got {clip_len}")
+    lengths = _clip_lengths(clip_len, B)
+    check_rule(rule)
 
     windows_sec = to_python(windows_sec)
     if isinstance(windows_sec, (str, bytes)) or not isinstance(windows_sec, (list, tuple)):
@@ -195,11 +236,21 @@ def inputs_from_windows(
         samples.append(sample)
 
     if B:
-        labels = windows_to_labels(samples, T, clip_len)   # validates the windows
+        labels = windows_to_labels(samples, T, lengths if label_clip_len is None
+                                   else label_clip_len, rule=rule)   # validates the windows
     else:
         labels = torch.empty((0, T), dtype=torch.long)
-    labels = labels.to(device)
-    labels = labels.masked_fill(~valid, -1)
+    return _build(emb, valid, samples, lengths, labels, pred_offsets, offset_unit, anchor)
+
+
+def _build(emb: Tensor, valid: Tensor, samples: Sequence, lengths: Sequence[float],
+           labels: Tensor, pred_offsets: Optional[Tensor], offset_unit: str,
+           anchor: Union[float, Tensor]) -> Dict[str, Tensor]:
+    """The adapters' common tail: ``labels`` (CPU, ``[B, T]``, windows numbered in start
+    order) masked by ``valid``, and the spans of ``L_b_aux`` from the windows in seconds."""
+    B, T = int(emb.shape[0]), int(emb.shape[1])
+    device = emb.device
+    labels = labels.to(device).masked_fill(~valid, -1)
     out: Dict[str, Tensor] = {"emb": emb, "labels": labels}
     if pred_offsets is None:
         return out
@@ -218,7 +269,7 @@ def inputs_from_windows(
     if offset_unit == "clips":
         scale = torch.ones(B, dtype=torch.float64)
     elif offset_unit == "seconds":
-        scale = torch.full((B,), clip_len, dtype=torch.float64)
+        scale = torch.tensor(list(lengths), dtype=torch.float64).reshape(B)
     else:
         n_valid = valid.sum(dim=1).cpu().to(torch.float64)
         scale = 1.0 / n_valid.clamp(min=1.0)
@@ -251,7 +302,7 @@ def inputs_from_windows(
     table = torch.zeros((B, width, 2), dtype=torch.float64)
     for b, m in enumerate(merged):
         if m:
-            table[b, 1:len(m) + 1] = torch.tensor(m, dtype=torch.float64) / clip_len * scale[b]
+            table[b, 1:len(m) + 1] = torch.tensor(m, dtype=torch.float64) / lengths[b] * scale[b]
     ids = labels.clamp(min=0).cpu()
     target = torch.gather(table, 1, ids.unsqueeze(-1).expand(B, T, 2))
     out["pred_spans"] = pred_spans
@@ -269,61 +320,69 @@ def univtg_inputs(
     targets: Mapping[str, Tensor],
     *,
     clip_len: Optional[float] = None,
-    emb_key: Optional[str] = None,
+    emb_key: str = "vid_mem",
+    rule: str = "univtg",
 ) -> Dict[str, Tensor]:
     """`ClipTBPLoss` inputs from UniVTG's (and Video Mamba Suite's) ``outputs`` / ``targets``.
 
     The dicts that UniVTG's ``SetCriterion.forward(outputs, targets)`` receives
     (``model/univtg.py``; targets from ``main/dataset.py: prepare_batch_inputs_mr``):
 
+    * ``outputs["vid_mem"]`` ``[B, T, D]``: the encoder's video tokens. UniVTG does not return
+      them: the recipe's one-line model change adds ``out["vid_mem"] = vid_mem`` in
+      ``Model.forward`` (docs/integrations.md). Without it this function raises
+      :class:`MissingOutputError`. UniVTG's ``outputs["vid_mem_proj"]`` is the projected
+      *input* ``src_vid`` (before the encoder); ``emb_key="vid_mem_proj"`` uses it on purpose.
     * ``outputs["pred_spans"]`` ``[B, T, 2]``: per clip ``sigmoid(.) * (-1, +1)``, i.e.
       ``(-d_start, +d_end)`` in units of the video length; UniVTG's own span loss compares
       ``targets["timestamp"] + outputs["pred_spans"]`` with ``targets["span_labels_nn"]``.
-    * ``outputs["vid_mem_proj"]`` ``[B, T, D]``: in UniVTG this is the *projected input*
-      ``src_vid`` (before the encoder), the tensor its saliency loss uses. The encoder's video
-      tokens are ``vid_mem``; add ``out["vid_mem"] = vid_mem`` in ``Model.forward`` to use
-      them (preferred whenever present, see ``emb_key``).
     * ``targets["timestamp"]`` ``[B, T, 2]``: the anchor of clip ``i``, both columns
       ``(i + clip_len / 2) / n`` (``n`` = the sample's number of clips; for ``clip_len = 2``
       this is the clip's *end*, not its centre).
     * ``targets["span_labels_nn"]`` ``[B, T, 2]``: per clip the GT window containing its
       anchor as ``(start, end) / (n * clip_len)`` (normalised ``xx``, not ``cxw``); 0 rows
       elsewhere and on padding.
-    * ``targets["timestamp_window"]`` ``[B, T]``: 1 where the anchor lies in a GT window.
+    * ``targets["timestamp_window"]`` ``[B, T]``: UniVTG's foreground, 1 where the anchor lies
+      in a GT window.
     * ``targets["timestamp_mask"]`` ``[B, T]``: 1 on real clips, 0 on padding
       (``outputs["src_vid_mask"]`` is the same and is used when the former is absent).
 
     The GT windows are the distinct ``span_labels_nn`` rows of the clips with
-    ``timestamp_window = 1``, taken back to clip units (``x n``); the labels follow the clip
-    *centre* rule of ``windows_to_labels`` (a window ``[4 s, 10 s]`` with 2 s clips labels
-    clips 2-4), so they can differ at a window's edge from UniVTG's own anchor-based
-    ``timestamp_window`` (which marks clips 1-4 there).
+    ``timestamp_window = 1``, taken back to clip units (``x n``), numbered in start order
+    (overlapping ones merged).
 
     Args:
         outputs, targets: as above.
         clip_len: ``None`` (default): spans in UniVTG's normalised units (those of its own
             ``loss_b``). A clip length in seconds: spans in seconds.
-        emb_key: the key of ``outputs`` used as ``emb``; default ``"vid_mem"`` when present,
-            else ``"vid_mem_proj"``.
+        emb_key: the key of ``outputs`` used as ``emb`` (default ``"vid_mem"``).
+        rule: ``"univtg"`` (default): the labels' foreground is UniVTG's own
+            ``timestamp_window`` (a window ``[4 s, 10 s]`` with 2 s clips: clips 1-4, the
+            anchors 4, 6, 8, 10 s); each foreground clip takes the id of its
+            ``span_labels_nn`` window. ``"center"`` or ``"floor"``: the windows are labelled
+            again with that rule of ``windows_to_labels`` (``"center"``: clips 2-4).
 
     Returns:
         ``dict(emb, labels, pred_spans, target_spans, span_mask)`` as
         :func:`inputs_from_windows`; ``pred_spans`` = ``timestamp + pred_spans`` (UniVTG's own
         ``src_spans``), ``target_spans`` = the clip's GT window, ``span_mask`` = ``labels >= 1``.
     """
-    if emb_key is None:
-        has_mem = isinstance(outputs, Mapping) and "vid_mem" in outputs
-        emb_key = "vid_mem" if has_mem else "vid_mem_proj"
-    emb = _tensor(_require(outputs, emb_key, "outputs"), f"outputs[{emb_key!r}]", floating=True)
-    if emb.dim() != 3:
-        raise ValueError(f"outputs[{emb_key!r}] must have shape [B, T, D]; got {tuple(emb.shape)}")
+    emb = _model_output(
+        outputs, emb_key, "vid_mem",
+        "outputs['vid_mem'] is missing: UniVTG's Model.forward does not return the encoder's "
+        "video tokens. Add `out[\"vid_mem\"] = vid_mem` after the line "
+        "`out = {'pred_logits': ..., 'src_vid_mask': src_vid_mask}` of Model.forward "
+        "(model/univtg.py; model/univtg_mamba.py in Video Mamba Suite), see "
+        "docs/integrations.md. emb_key='vid_mem_proj' uses the projected input features "
+        "instead (before the encoder).")
+    check_rule(rule)
     B, T = int(emb.shape[0]), int(emb.shape[1])
     pred = _tensor(_require(outputs, "pred_spans", "outputs"), "outputs['pred_spans']",
                    floating=True)
     _check_shape(pred, "outputs['pred_spans']", (B, T, 2), "[B, T, 2]")
     if isinstance(targets, Mapping) and "timestamp_mask" in targets:
         mask_name, mask = "targets['timestamp_mask']", targets["timestamp_mask"]
-    elif isinstance(outputs, Mapping) and "src_vid_mask" in outputs:
+    elif "src_vid_mask" in outputs:
         mask_name, mask = "outputs['src_vid_mask']", outputs["src_vid_mask"]
     else:
         _require(targets, "timestamp_mask", "targets")  # raises a TypeError for a non-dict
@@ -341,37 +400,49 @@ def univtg_inputs(
     for t, name in ((pred, "outputs['pred_spans']"), (mask, mask_name),
                     (stamp, "targets['timestamp']")):
         _check_device(t, name, emb.device)
+    if clip_len is not None:
+        if isinstance(clip_len, bool) or not isinstance(clip_len, numbers.Real):
+            raise TypeError(
+                f"clip_len must be a real number or None; got {type(clip_len).__name__}")
+        if not math.isfinite(float(clip_len)) or clip_len <= 0:
+            raise ValueError(f"clip_len must be a finite number > 0; got {clip_len}")
 
     valid = mask != 0
     n_valid = valid.sum(dim=1).cpu().tolist()
     rows_fg = ((fg != 0) & valid).cpu()
     nn_cpu = nn_win.detach().cpu().to(torch.float64)
-    windows_clips = []
+    windows_clips = []               # per sample: distinct windows, clip units
+    own = torch.zeros((B, T), dtype=torch.long)   # rule "univtg": UniVTG's own foreground
     for b in range(B):
-        rows = nn_cpu[b][rows_fg[b]]
-        sample = []
-        if rows.numel():
-            for st, ed in torch.unique(rows, dim=0).tolist():
-                if st == 0.0 and ed == 0.0:
-                    continue            # UniVTG's "no window" row
-                sample.append([_snap_half(st * n_valid[b]), _snap_half(ed * n_valid[b])])
-        windows_clips.append(sample)
+        clip_ids = torch.nonzero(rows_fg[b]).flatten().tolist()
+        per_clip = {}
+        for i in clip_ids:
+            st, ed = nn_cpu[b, i].tolist()
+            if st == 0.0 and ed == 0.0:
+                continue            # UniVTG's "no window" row
+            per_clip[i] = (_snap_half(st * n_valid[b]), _snap_half(ed * n_valid[b]))
+        sample = sorted(set(per_clip.values()))
+        windows_clips.append([list(w) for w in sample])
+        merged = merge_windows(sample)
+        for i, (st, ed) in per_clip.items():
+            own[b, i] = next(w + 1 for w, (ms, me) in enumerate(merged) if ms <= st and ed <= me)
+
+    if rule == "univtg":
+        labels = own
+    else:
+        labels = windows_to_labels(windows_clips, T, 1.0, rule=rule) if B else own
 
     offsets = torch.stack((-pred[..., 0], pred[..., 1]), dim=-1)     # (d_start, d_end)
     anchor = stamp[..., 0]
     if clip_len is None:
         # clip units as "seconds" with a clip length of 1: windows / n == normalised units
-        return inputs_from_windows(emb, valid, windows_clips, 1.0, offsets, "normalized",
-                                   anchor=anchor)
-    if isinstance(clip_len, bool) or not isinstance(clip_len, numbers.Real):
-        raise TypeError(f"clip_len must be a real number or None; got {type(clip_len).__name__}")
-    if not math.isfinite(float(clip_len)) or clip_len <= 0:
-        raise ValueError(f"clip_len must be a finite number > 0; got {clip_len}")
+        return _build(emb, valid, windows_clips, [1.0] * B, labels, offsets, "normalized",
+                      anchor)
     clip_len = float(clip_len)
     length = torch.tensor(n_valid, dtype=pred.dtype, device=pred.device) * clip_len   # seconds
     windows_sec = [[[st * clip_len, ed * clip_len] for st, ed in s] for s in windows_clips]
-    return inputs_from_windows(emb, valid, windows_sec, clip_len, offsets * length[:, None, None],
-                               "seconds", anchor=anchor * length[:, None])
+    return _build(emb, valid, windows_sec, [clip_len] * B, labels,
+                  offsets * length[:, None, None], "seconds", anchor * length[:, None])
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,13 +454,21 @@ def flashvtg_inputs(
     targets: Mapping[str, object],
     *,
     clip_len: float,
+    emb_key: str = "video_emb_pre_relu",
+    rule: str = "auto",
 ) -> Dict[str, Tensor]:
     """`ClipTBPLoss` inputs from FlashVTG's training-mode ``outputs`` and ``targets``.
 
     Layout (``FlashVTG/model.py``, ``blocks/generator.py``, ``blocks/loss.py``,
     ``FlashVTG/train.py``):
 
-    * ``outputs["video_emb"]`` ``[B, T, D]``: the video tokens after the encoder.
+    * ``outputs["video_emb_pre_relu"]`` ``[B, T, D]``: the transformer's video tokens. FlashVTG
+      returns ``outputs["video_emb"]``, but its pyramid's stride-1 level applies an in-place
+      ReLU to that very tensor, so ``video_emb`` is ``relu(tokens)`` (about half zeros, every
+      cosine similarity ``>= 0``). The recipe's model change (docs/integrations.md) keeps a
+      copy before the pyramid and exports it; without it this function raises
+      :class:`MissingOutputError`. ``emb_key="video_emb"`` uses the rectified tokens on
+      purpose.
     * ``outputs["video_msk"]`` ``[B, T]`` int: 1 on real clips.
     * ``outputs["out_coord"]`` ``[B, N, 2]``: the pyramid levels concatenated (strides
       ``(1, 2, 4, 8)``: ``N = T + T/2 + ...``); per point the distances
@@ -398,22 +477,36 @@ def flashvtg_inputs(
       the predicted window is ``[p - d_start * stride, p + d_end * stride]`` clips. The first
       ``T`` points are the stride-1 level, point ``i`` = clip ``i``; they are the ones used.
     * ``targets["label"]``: the batch's metadata list (``targets["label"] = batch[0]`` in
-      ``train.py``), each with ``"relevant_windows"`` in seconds; FlashVTG turns them into
-      clips with ``targets["fps"] = 1 / clip_length``.
+      ``train.py``), each with ``"relevant_windows"`` in seconds (and ``"duration"``);
+      FlashVTG turns them into clips with ``targets["fps"] = 1 / clip_length``.
 
     Args:
-        outputs, targets: as above (``video_emb``, ``video_msk``, ``out_coord`` exist only in
-            training mode).
+        outputs, targets: as above (``video_msk`` and ``out_coord`` exist only in training
+            mode).
         clip_len: the clip length in seconds (FlashVTG's ``--clip_length``).
+        emb_key: the key of ``outputs`` used as ``emb`` (default ``"video_emb_pre_relu"``).
+        rule: the labels' rule. ``"auto"`` (default) follows FlashVTG's own foreground
+            (``saliency_all_labels``, ``start_end_dataset.py``): QVHighlights' clip ids, i.e.
+            ``"center"``, when every sample's metadata has ``"relevant_clip_ids"``; else the
+            floor rule of its Charades-STA / TACoS branch with FlashVTG's per-sample clip
+            length ``duration / n`` (``n`` = the sample's real clips). ``"center"``,
+            ``"univtg"``, ``"floor"``: that rule with ``clip_len``.
 
     Returns:
         ``dict(emb, labels, pred_spans, target_spans, span_mask)`` as
         :func:`inputs_from_windows`, spans in clips (the unit of FlashVTG's ``loss_reg``):
         ``pred_spans[b, i] = (i - d_start, i + d_end)``.
     """
-    emb = _tensor(_require(outputs, "video_emb", "outputs"), "outputs['video_emb']", floating=True)
-    if emb.dim() != 3:
-        raise ValueError(f"outputs['video_emb'] must have shape [B, T, D]; got {tuple(emb.shape)}")
+    emb = _model_output(
+        outputs, emb_key, "video_emb_pre_relu",
+        "outputs['video_emb_pre_relu'] is missing: FlashVTG's outputs['video_emb'] is "
+        "rectified in place by its pyramid (relu(tokens)). In FlashVTG/model.py, "
+        "Model.forward, add `video_emb_pre_relu = video_emb.clone()` after "
+        "`video_msk = (~video_msk).int()` (before `self.pyramid(...)`) and "
+        "`output[\"video_emb_pre_relu\"] = video_emb_pre_relu` after "
+        "`output[\"video_emb\"] = video_emb`, see docs/integrations.md. "
+        "emb_key='video_emb' uses the rectified tokens instead.")
+    check_rule(rule, extra=("auto",))
     B, T = int(emb.shape[0]), int(emb.shape[1])
     msk = _tensor(_require(outputs, "video_msk", "outputs"), "outputs['video_msk']")
     _check_shape(msk, "outputs['video_msk']", (B, T), "[B, T]")
@@ -432,7 +525,24 @@ def flashvtg_inputs(
         raise ValueError(f"targets['label'] must have one entry per sample ({B}); got {len(meta)}")
     windows = [_require(m, "relevant_windows", f"targets['label'][{b}]")
                for b, m in enumerate(meta)]
-    return inputs_from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips", anchor=0.0)
+    if rule != "auto":
+        return inputs_from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips",
+                                   anchor=0.0, rule=rule)
+    if all("relevant_clip_ids" in m for m in meta):
+        return inputs_from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips",
+                                   anchor=0.0, rule="center")
+    # FlashVTG's Charades-STA / TACoS branch: floor rule, clip length duration / n per sample
+    _check_device(msk, "outputs['video_msk']", emb.device)
+    n_valid = (msk != 0).sum(dim=1).cpu().tolist()
+    label_lengths = []
+    for b, (m, n) in enumerate(zip(meta, n_valid)):
+        d = _require(m, "duration", f"targets['label'][{b}]")
+        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not math.isfinite(d) or d <= 0:
+            raise ValueError(f"targets['label'][{b}]['duration'] must be a number > 0 (seconds); "
+                             f"got {d!r}")
+        label_lengths.append(float(d) / max(n, 1))
+    return _from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips", 0.0, "floor",
+                         label_lengths)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import torch
 
 import cliptbp_kernels as ck
 from cliptbp_kernels.adapters import (
+    MissingOutputError,
     detr_matched_spans,
     flashvtg_inputs,
     inputs_from_windows,
@@ -59,7 +60,8 @@ def _univtg_batch():
     # UniVTG: outputs_coord.sigmoid() * (-1, 1)
     pred_spans = raw.sigmoid() * torch.tensor([-1.0, 1.0])
     emb = torch.randn(B, T, D, generator=g).requires_grad_()
-    outputs = {"pred_spans": pred_spans, "vid_mem_proj": emb,
+    outputs = {"pred_spans": pred_spans, "vid_mem": emb,
+               "vid_mem_proj": torch.randn(B, T, D, generator=g),
                "src_vid_mask": targets["timestamp_mask"].clone()}
     return outputs, targets, raw, emb
 
@@ -69,10 +71,18 @@ def test_univtg_labels_spans_and_backward():
     out = univtg_inputs(outputs, targets)
     assert set(out) == {"emb", "labels", "pred_spans", "target_spans", "span_mask"}
     assert out["emb"] is emb
-    # clip centres (2i + 1 s): [4, 10) holds clips 2-4; [0, 2) clip 0; [6, 10) clips 3-4
-    assert out["labels"].tolist() == [[0, 0, 1, 1, 1, 0, 0, 0],
-                                      [1, 0, 0, 2, 2, -1, -1, -1]]
+    # rule "univtg": UniVTG's own foreground (timestamp_window), ids by window in start order
+    assert out["labels"].tolist() == [[0, 1, 1, 1, 1, 0, 0, 0],
+                                      [1, 0, 2, 2, 2, -1, -1, -1]]
     assert out["labels"].dtype == torch.long
+    # rule "center": clip centres (2i + 1 s): [4, 10) holds clips 2-4; [0, 2) clip 0;
+    # [6, 10) clips 3-4
+    centre = univtg_inputs(outputs, targets, rule="center")
+    assert centre["labels"].tolist() == [[0, 0, 1, 1, 1, 0, 0, 0],
+                                         [1, 0, 0, 2, 2, -1, -1, -1]]
+    # rule "floor" on the windows in clips: [2, 5) -> clips 2-4, [0, 1) -> 0, [3, 5) -> 3-4
+    floor = univtg_inputs(outputs, targets, rule="floor")
+    assert floor["labels"].tolist() == centre["labels"].tolist()
     assert torch.equal(out["span_mask"], out["labels"] >= 1)
 
     m = out["span_mask"]
@@ -81,10 +91,10 @@ def test_univtg_labels_spans_and_backward():
     torch.testing.assert_close(out["pred_spans"][m], src_spans[m])
     # target = the clip's window, normalised by the sample's length (n * clip_len)
     tgt = out["target_spans"]
-    for i in (2, 3, 4):
+    for i in (1, 2, 3, 4):
         torch.testing.assert_close(tgt[0, i], torch.tensor([0.25, 0.625]))
     torch.testing.assert_close(tgt[1, 0], torch.tensor([0.0, 0.2]))
-    for i in (3, 4):
+    for i in (2, 3, 4):
         torch.testing.assert_close(tgt[1, i], torch.tensor([0.6, 1.0]))
 
     crit = _crit()
@@ -104,8 +114,8 @@ def test_univtg_labels_spans_and_backward():
 def test_univtg_seconds_and_emb_key():
     outputs, targets, raw, emb = _univtg_batch()
     out = univtg_inputs(outputs, targets, clip_len=2.0)
-    assert out["labels"].tolist() == [[0, 0, 1, 1, 1, 0, 0, 0],
-                                      [1, 0, 0, 2, 2, -1, -1, -1]]
+    assert out["labels"].tolist() == [[0, 1, 1, 1, 1, 0, 0, 0],
+                                      [1, 0, 2, 2, 2, -1, -1, -1]]
     m = out["span_mask"]
     length = torch.tensor([16.0, 10.0])[:, None, None]          # n * clip_len
     src_spans = (targets["timestamp"] + outputs["pred_spans"]) * length
@@ -114,11 +124,9 @@ def test_univtg_seconds_and_emb_key():
     torch.testing.assert_close(out["target_spans"][1, 0], torch.tensor([0.0, 2.0]))
     torch.testing.assert_close(out["target_spans"][1, 4], torch.tensor([6.0, 10.0]))
 
-    # the encoder's video tokens are preferred when the model exports them
-    vid_mem = torch.randn(2, 8, D)
-    assert univtg_inputs({**outputs, "vid_mem": vid_mem}, targets)["emb"] is vid_mem
-    assert univtg_inputs({**outputs, "vid_mem": vid_mem}, targets,
-                         emb_key="vid_mem_proj")["emb"] is emb
+    # the projected input features only when asked for by name
+    assert univtg_inputs(outputs, targets, emb_key="vid_mem_proj")["emb"] is \
+        outputs["vid_mem_proj"]
     # src_vid_mask stands in for timestamp_mask
     t2 = {k: v for k, v in targets.items() if k != "timestamp_mask"}
     assert univtg_inputs(outputs, t2)["labels"].tolist() == out["labels"].tolist()
@@ -133,7 +141,8 @@ def test_univtg_window_boundary_on_a_clip_centre():
     nn_win[0, :2] = win
     targets = {"timestamp": stamp, "timestamp_mask": torch.ones(1, 3),
                "timestamp_window": torch.tensor([[1.0, 1.0, 0.0]]), "span_labels_nn": nn_win}
-    outputs = {"pred_spans": torch.zeros(1, 3, 2), "vid_mem_proj": torch.randn(1, 3, D)}
+    outputs = {"pred_spans": torch.zeros(1, 3, 2), "vid_mem": torch.randn(1, 3, D)}
+    assert univtg_inputs(outputs, targets, rule="center")["labels"].tolist() == [[1, 1, 0]]
     assert univtg_inputs(outputs, targets)["labels"].tolist() == [[1, 1, 0]]
 
 
@@ -143,8 +152,16 @@ def test_univtg_bad_inputs():
         t = {k: v for k, v in targets.items() if k != key}
         with pytest.raises(KeyError, match=key):
             univtg_inputs(outputs, t)
+    # no silent fallback to the projected input: the error names the model change
+    no_mem = {k: v for k, v in outputs.items() if k != "vid_mem"}
+    with pytest.raises(MissingOutputError, match=r'out\["vid_mem"\] = vid_mem') as err:
+        univtg_inputs(no_mem, targets)
+    assert isinstance(err.value, KeyError) and "model/univtg.py" in str(err.value)
     with pytest.raises(KeyError, match="vid_mem_proj"):
-        univtg_inputs({k: v for k, v in outputs.items() if k != "vid_mem_proj"}, targets)
+        univtg_inputs({k: v for k, v in outputs.items() if k != "vid_mem_proj"}, targets,
+                      emb_key="vid_mem_proj")
+    with pytest.raises(ValueError, match="rule"):
+        univtg_inputs(outputs, targets, rule="centre")
     with pytest.raises(KeyError, match="pred_spans"):
         univtg_inputs({k: v for k, v in outputs.items() if k != "pred_spans"}, targets)
     with pytest.raises(KeyError, match="timestamp_mask"):
@@ -175,12 +192,14 @@ def _flashvtg_batch():
     emb = torch.randn(B, T, D, generator=g).requires_grad_()
     raw = torch.randn(B, 10, 2, generator=g).requires_grad_()
     outputs = {
-        "video_emb": emb,
+        "video_emb_pre_relu": emb,
+        "video_emb": emb.detach().relu(),
         "video_msk": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]], dtype=torch.int32),
         "out_coord": raw.exp(),                         # exp(.) * coef, coef = 1 here
     }
-    targets = {"label": [{"qid": 1, "relevant_windows": [[4, 10]]},
-                         {"qid": 2, "relevant_windows": [[2, 6]]}],
+    # QVHighlights metadata (relevant_clip_ids present: FlashVTG's clip-id foreground)
+    targets = {"label": [{"qid": 1, "relevant_windows": [[4, 10]], "relevant_clip_ids": [2, 3, 4]},
+                         {"qid": 2, "relevant_windows": [[2, 6]], "relevant_clip_ids": [1, 2]}],
                "fps": torch.full((256,), 0.5)}
     return outputs, targets, raw, emb
 
@@ -215,9 +234,47 @@ def test_flashvtg_labels_spans_and_backward():
     assert torch.all(raw.grad[:, 6:] == 0)              # coarser pyramid levels untouched
 
 
+def test_flashvtg_floor_rule_on_charades_tacos_metadata():
+    # TACoS-style metadata (no relevant_clip_ids): FlashVTG's floor rule with its per-sample
+    # clip length duration / n. Sample 0: 12.6 s over 6 clips = 2.1 s, [4, 10] -> clips
+    # int(4 / 2.1) = 1 to min(int(10 / 2.1), 6) - 1 = 3. Sample 1: 7 s over 4 clips = 1.75 s,
+    # [2, 6] -> clips 1 to min(3, 4) - 1 = 2.
+    outputs, _, _, _ = _flashvtg_batch()
+    targets = {"label": [{"relevant_windows": [[4.0, 10.0]], "duration": 12.6},
+                         {"relevant_windows": [[2.0, 6.0]], "duration": 7.0}]}
+    out = flashvtg_inputs(outputs, targets, clip_len=2.0)
+    assert out["labels"].tolist() == [[0, 1, 1, 1, 0, 0], [0, 1, 1, 0, -1, -1]]
+    # the spans stay in FlashVTG's regression unit, clips of --clip_length (windows * fps)
+    torch.testing.assert_close(out["target_spans"][0, 1], torch.tensor([2.0, 5.0]))
+    torch.testing.assert_close(out["target_spans"][1, 2], torch.tensor([1.0, 3.0]))
+    assert torch.equal(out["span_mask"], out["labels"] >= 1)
+    # an explicit rule uses clip_len for the labels as well
+    centre = flashvtg_inputs(outputs, targets, clip_len=2.0, rule="center")
+    assert centre["labels"].tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, -1, -1]]
+    with pytest.raises(KeyError, match="duration"):
+        flashvtg_inputs(outputs, {"label": [{"relevant_windows": [[4.0, 10.0]]}] * 2},
+                        clip_len=2.0)
+    with pytest.raises(ValueError, match="duration"):
+        flashvtg_inputs(outputs, {"label": [{"relevant_windows": [[4, 10]], "duration": 0}] * 2},
+                        clip_len=2.0)
+
+
+def test_flashvtg_no_silent_fallback_to_the_rectified_tokens():
+    outputs, targets, _, emb = _flashvtg_batch()
+    no_pre = {k: v for k, v in outputs.items() if k != "video_emb_pre_relu"}
+    with pytest.raises(MissingOutputError, match="video_emb_pre_relu = video_emb.clone()") as err:
+        flashvtg_inputs(no_pre, targets, clip_len=2.0)
+    assert "FlashVTG/model.py" in str(err.value)
+    assert flashvtg_inputs(outputs, targets, clip_len=2.0)["emb"] is emb
+    chosen = flashvtg_inputs(no_pre, targets, clip_len=2.0, emb_key="video_emb")
+    assert chosen["emb"] is outputs["video_emb"]
+    with pytest.raises(ValueError, match="rule"):
+        flashvtg_inputs(outputs, targets, clip_len=2.0, rule="ceil")
+
+
 def test_flashvtg_bad_inputs():
     outputs, targets, _, _ = _flashvtg_batch()
-    for key in ("video_emb", "video_msk", "out_coord"):
+    for key in ("video_emb_pre_relu", "video_msk", "out_coord"):
         with pytest.raises(KeyError, match=key):
             flashvtg_inputs({k: v for k, v in outputs.items() if k != key}, targets, clip_len=2.0)
     with pytest.raises(ValueError, match="out_coord"):
@@ -290,6 +347,31 @@ def test_inputs_from_windows_units_anchor_and_padding_rows():
     # empty batch
     e = inputs_from_windows(torch.zeros(0, 3, D), None, [], 2.0, torch.zeros(0, 3, 2))
     assert e["labels"].shape == (0, 3) and e["target_spans"].shape == (0, 3, 2)
+
+
+def test_inputs_from_windows_per_sample_clip_lengths_and_rules():
+    # TD-DETR pools a long video to n clips of duration / n seconds: one length per sample
+    emb = torch.randn(2, 6, D)
+    windows = [[[4.0, 10.0]], [[4.0, 10.0]]]
+    offs = torch.zeros(2, 6, 2)
+    out = inputs_from_windows(emb, None, windows, [2.0, 4.0], offs, "seconds", anchor=0.5)
+    # 2 s clips: centres 1, 3, 5, ... -> clips 2-4; 4 s clips: centres 2, 6, 10 -> clip 1
+    assert out["labels"].tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 0, 0, 0, 0]]
+    torch.testing.assert_close(out["pred_spans"][1, 1], torch.tensor([6.0, 6.0]))
+    torch.testing.assert_close(out["target_spans"][1, 1], torch.tensor([4.0, 10.0]))
+    clips = inputs_from_windows(emb, None, windows, torch.tensor([2.0, 4.0]), offs, "clips")
+    torch.testing.assert_close(clips["target_spans"][1, 1], torch.tensor([1.0, 2.5]))
+    # the baselines' rules: UniVTG's anchors (i + 1) * 2 s in [4, 10] -> clips 1-4
+    uni = inputs_from_windows(emb, None, windows, 2.0, rule="univtg")
+    assert uni["labels"][0].tolist() == [0, 1, 1, 1, 1, 0]
+    flo = inputs_from_windows(emb, None, [[[4.5, 9.9]], []], 2.0, rule="floor")
+    assert flo["labels"].tolist() == [[0, 0, 1, 1, 0, 0], [0] * 6]
+    with pytest.raises(ValueError, match="clip_len"):
+        inputs_from_windows(emb, None, windows, [2.0], offs)
+    with pytest.raises(ValueError, match=r"clip_len\[1\]"):
+        inputs_from_windows(emb, None, windows, [2.0, 0.0], offs)
+    with pytest.raises(ValueError, match="rule"):
+        inputs_from_windows(emb, None, windows, 2.0, rule="end")
 
 
 def test_inputs_from_windows_bad_inputs():

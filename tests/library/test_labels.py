@@ -13,8 +13,8 @@ from paths import SHARED_DATA
 DATA = SHARED_DATA
 
 
-def one(windows, n, clip_len=2.0):
-    out = windows_to_labels([windows], [n], clip_len)
+def one(windows, n, clip_len=2.0, rule="center"):
+    out = windows_to_labels([windows], [n], clip_len, rule=rule)
     assert out.shape == (1, n) and out.dtype == torch.long
     return out[0].tolist()
 
@@ -120,6 +120,62 @@ def test_random_disjoint_windows_brute_force():
         assert one([windows[p] for p in perm], n, L) == expected
 
 
+# --------------------------------------------------------------------------------------
+# the baselines' own rules
+# --------------------------------------------------------------------------------------
+
+
+def test_univtg_rule_anchors_at_i_plus_half_a_clip_length():
+    # 2 s clips: anchor (i + 1) * 2 s, the clip's end, both window ends inclusive
+    assert one([[4, 10]], 6, rule="univtg") == [0, 1, 1, 1, 1, 0]
+    assert one([[0, 4]], 4, rule="univtg") == [1, 1, 0, 0]
+    # 1 s clips: anchor (i + 0.5) s, the centre; the end is inclusive (centre rule: exclusive)
+    assert one([[0.5, 2.5]], 4, 1.0, rule="univtg") == [1, 1, 1, 0]
+    assert one([[0.5, 2.5]], 4, 1.0) == [1, 1, 0, 0]
+    # 3 s clips: anchor (i + 1.5) * 3 s = 4.5, 7.5, 10.5, ...
+    assert one([[4, 8]], 4, 3.0, rule="univtg") == [1, 1, 0, 0]
+
+
+def test_univtg_rule_touching_windows_and_fallback():
+    # the anchor 6 s lies in both touching windows: the later window in input order takes it
+    assert one([[2, 6], [6, 10]], 6, rule="univtg") == [1, 1, 2, 2, 2, 0]
+    assert one([[6, 10], [2, 6]], 6, rule="univtg") == [1, 1, 1, 2, 2, 0]
+    # no anchor inside any window: clip int(start / L) of the first window in input order
+    assert one([[3.2, 3.8]], 4, rule="univtg") == [0, 1, 0, 0]
+    assert one([[9.1, 9.5], [3.2, 3.8]], 4, rule="univtg") == [0, 0, 0, 2]
+    assert one([[1, 1.5]], 0, rule="univtg") == []
+    assert one([], 3, rule="univtg") == [0, 0, 0]
+
+
+def test_floor_rule():
+    # clips int(st / L) .. min(int(ed / L), n) - 1
+    assert one([[4.5, 9.9]], 6, rule="floor") == [0, 0, 1, 1, 0, 0]
+    assert one([[4, 10]], 6, rule="floor") == [0, 0, 1, 1, 1, 0]
+    # at least one clip: a short window inside clip 3 marks clip 2 (first moved down to last)
+    assert one([[7.5, 7.9]], 6, rule="floor") == [0, 0, 1, 0, 0, 0]
+    assert one([[0, 1.5]], 3, rule="floor") == [1, 0, 0]
+    # past the end: clamped to the last clip
+    assert one([[20, 30]], 6, rule="floor") == [0, 0, 0, 0, 0, 1]
+    # several windows: ids of the merged windows, a clip keeps its first id
+    assert one([[8, 12], [0, 4]], 7, rule="floor") == [1, 1, 0, 0, 2, 2, 0]
+
+
+def test_rules_with_per_sample_clip_lengths():
+    out = windows_to_labels([[[4, 10]], [[4, 10]]], [6, 6], [2.0, 4.0], rule="floor")
+    # 4 s clips: int(1) = 1 .. int(2.5) - 1 = 1
+    assert out.tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 0, 0, 0, 0]]
+    out = windows_to_labels([[[4, 10]], [[4, 10]]], 6, torch.tensor([2.0, 4.0]))
+    assert out.tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="clip_len"):
+        windows_to_labels([[[4, 10]], [[4, 10]]], 6, [2.0])
+    with pytest.raises(ValueError, match=r"clip_len\[1\]"):
+        windows_to_labels([[[4, 10]], [[4, 10]]], 6, [2.0, -1.0])
+    with pytest.raises(TypeError, match=r"clip_len\[0\]"):
+        windows_to_labels([[[4, 10]], [[4, 10]]], 6, ["2", 1.0])
+    with pytest.raises(ValueError, match="rule"):
+        windows_to_labels([[[4, 10]]], 6, rule="centre")
+
+
 @pytest.mark.parametrize(
     "args,exc,name",
     [
@@ -188,3 +244,41 @@ def test_tacos_every_query_has_a_gt_clip():
     assert (n_gt >= 1).all(), f"{int((n_gt == 0).sum())} queries without a GT clip"
     # exactly one window per query: only id 1 appears
     assert int(labels.max()) == 1
+
+
+def test_qvhighlights_univtg_rule_adds_the_clip_before_each_window():
+    """On the 2-second grid the anchor of clip i is its end (i + 1) * 2 s, so UniVTG's own
+    foreground is the centre rule's plus the clip just before each window that does not start
+    at 0 s (that clip ends exactly on the window's start)."""
+    recs = _records(DATA / "qvhighlights" / "highlight_val_release.jsonl")
+    windows = [r["relevant_windows"] for r in recs]
+    n = [math.ceil(r["duration"] / 2) for r in recs]
+    centre = windows_to_labels(windows, n, 2.0)
+    uni = windows_to_labels(windows, n, 2.0, rule="univtg")
+    differs = 0
+    for r, c, u, nb in zip(recs, centre.tolist(), uni.tolist(), n):
+        expected = set(i for i in range(nb) if c[i] >= 1)
+        expected |= {int(st) // 2 - 1 for st, _ in r["relevant_windows"] if st > 0}
+        got = set(i for i in range(nb) if u[i] >= 1)
+        assert got == expected, r["qid"]
+        differs += got != set(i for i in range(nb) if c[i] >= 1)
+    assert differs > len(recs) // 2          # most queries have a window after 0 s
+
+
+def test_tacos_floor_rule_against_the_centre_rule():
+    """TACoS windows are unaligned floats: the floor rule covers int(st / L) .. int(ed / L) - 1
+    and the centre rule round(st / L) .. round(ed / L) - 1 (a centre (i + 0.5) L in [st, ed)),
+    so the two differ by at most one clip at each edge, never more."""
+    recs = _records(DATA / "tacos" / "val.jsonl")
+    windows = [r["relevant_windows"] for r in recs]
+    n = [math.ceil(r["duration"] / 2) for r in recs]
+    centre = windows_to_labels(windows, n, 2.0)
+    floor = windows_to_labels(windows, n, 2.0, rule="floor")
+    edge_diffs = 0
+    for c, f, nb in zip(centre.tolist(), floor.tolist(), n):
+        cs = [i for i in range(nb) if c[i] >= 1]
+        fs = [i for i in range(nb) if f[i] >= 1]
+        assert fs and cs and fs == list(range(fs[0], fs[-1] + 1))
+        assert abs(fs[0] - cs[0]) <= 1 and abs(fs[-1] - cs[-1]) <= 1
+        edge_diffs += fs != cs
+    assert edge_diffs > 0
