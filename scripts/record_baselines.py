@@ -1,0 +1,243 @@
+"""Record what the adapters' tests need from the baselines' own code (never run by CI).
+
+Given local checkouts of the baselines at the commits named in docs/integrations.md, this runs
+each baseline's own foreground code (the clips its saliency / classification head is trained
+on) over the real annotation files and writes a digest per baseline, data set and rule to
+``tests/fixtures/baseline_foreground.json``. ``tests/library/test_baseline_foreground.py``
+applies the matching ``windows_to_labels`` rule to the same files (``../shared/data``) and
+compares digests, without the baselines present. No baseline code is copied: the script
+imports it from the checkouts.
+
+    .venv/bin/python scripts/record_baselines.py \\
+        --univtg ../UniVTG --flashvtg ../FlashVTG --lighthouse ../lighthouse \\
+        [--data ../shared/data] [--deps /path/to/extra/site-packages] [--out tests/fixtures]
+
+Commits: UniVTG 32659ac, FlashVTG 25b9591, lighthouse d095eaa (checked, a mismatch is an
+error unless ``--any-commit``). Dependencies beyond this project's: ``h5py``, ``nncore`` and
+``pandas`` (UniVTG's ``main/dataset.py`` and ``utils/basic_utils.py`` import them at module
+level); install them anywhere and pass that folder with ``--deps`` (``pip install --target
+DIR h5py nncore pandas``, then remove the numpy it brings along if it differs from the
+project's). Modules that a baseline imports but whose
+code the recorded functions never call (``torchtext`` in FlashVTG) are replaced by empty
+stand-ins.
+
+Each baseline's foreground, per query, with ``n = ceil(duration / 2)`` clips of 2 s (the
+features these data sets ship with):
+
+* UniVTG: ``DatasetMR.__getitem__`` (``main/dataset.py``), ``model_inputs["timestamp_window"]``,
+  on QVHighlights val and TACoS val (rule ``"univtg"``).
+* FlashVTG: ``StartEndDataset.get_saliency_labels_sub_as_query`` (its Charades-STA / TACoS
+  branch), the clips of ``score_array``, on TACoS val, clip length ``duration / n`` (rule
+  ``"floor"``, ``clip_len_mode = "duration/n"``).
+* lighthouse: ``training/dataset.py`` (fixed clip length 2) and ``training/cg_detr_dataset.py``
+  (``duration / n``), the same function, on TACoS val (rule ``"floor"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib
+import json
+import math
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIP_LEN = 2.0
+COMMITS = {"univtg": "32659ac", "flashvtg": "25b9591", "lighthouse": "d095eaa"}
+FILES = {"qvhighlights": "qvhighlights/highlight_val_release.jsonl", "tacos": "tacos/val.jsonl"}
+FIRST = 5  # queries per record written out in full (for a readable failure)
+
+
+def load(path: Path) -> List[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def num_clips(rec: dict) -> int:
+    return math.ceil(float(rec["duration"]) / CLIP_LEN)
+
+
+def digest(items: Sequence[Tuple[object, Sequence[int]]]) -> str:
+    """sha256 of one line per query: ``qid<TAB>clip clip ...`` in file order (shared with the
+    test, which imports it)."""
+    h = hashlib.sha256()
+    for qid, clips in items:
+        h.update(f"{qid}\t{' '.join(str(int(c)) for c in clips)}\n".encode())
+    return h.hexdigest()
+
+
+def record(baseline: str, commit: str, where: str, data: str, rule: str, clip_len_mode: str,
+           items: List[Tuple[object, List[int]]]) -> dict:
+    return dict(baseline=baseline, commit=commit, function=where, data=data, rule=rule,
+                clip_len=CLIP_LEN, clip_len_mode=clip_len_mode, num_clips="ceil(duration / 2)",
+                queries=len(items), foreground_clips=sum(len(c) for _, c in items),
+                sha256=digest(items), first=[[q, list(c)] for q, c in items[:FIRST]])
+
+
+def git_commit(path: Path) -> str:
+    out = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True,
+                         text=True)
+    return out.stdout.strip()
+
+
+def check_commit(name: str, path: Path, any_commit: bool) -> str:
+    commit = git_commit(path)
+    if not commit.startswith(COMMITS[name]) and not any_commit:
+        raise SystemExit(f"--{name} {path}: HEAD is {commit or 'not a git checkout'}, expected "
+                         f"{COMMITS[name]} (or pass --any-commit)")
+    return commit
+
+
+def stub_modules(names: Sequence[str]) -> None:
+    """Empty stand-ins for modules the recorded functions never use."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            mod = types.ModuleType(name)
+            mod.vocab = types.SimpleNamespace()
+            sys.modules[name] = mod
+
+
+def fresh_import(root: Path, module: str):
+    """Import `module` with `root` first on sys.path, forgetting other checkouts' packages of
+    the same names (``utils`` exists in several baselines)."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in ("utils", "main", "model", "FlashVTG", "training",
+                                  "lighthouse"):
+            del sys.modules[name]
+    sys.path.insert(0, str(root))
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(str(root))
+
+
+# --------------------------------------------------------------------------------------------
+# UniVTG
+# --------------------------------------------------------------------------------------------
+
+def univtg(path: Path, data: Path, commit: str) -> List[dict]:
+    import torch
+
+    ds_mod = fresh_import(path, "main.dataset")
+    out = []
+    for name, dset in (("qvhighlights", "qvhighlights"), ("tacos", "tacos")):
+        recs = load(data / FILES[name])
+        ds = ds_mod.DatasetMR.__new__(ds_mod.DatasetMR)
+        ds.dset_name = dset
+        ds.data_path = str(data / FILES[name])
+        ds.use_video, ds.use_tef, ds.load_labels = True, False, False
+        ds.clip_len, ds.max_v_l = CLIP_LEN, 10 ** 6
+        ds.data = recs
+        n_of: Dict[str, int] = {}   # the clips of the query being read
+        ds._get_query_feat_by_qid = lambda qid: torch.zeros(1, 4)
+        ds._get_video_feat_by_vid = lambda vid, n_of=n_of: torch.zeros(n_of["n"], 4)
+        items = []
+        for i, rec in enumerate(recs):
+            n_of["n"] = num_clips(rec)
+            fg = ds[i]["model_inputs"]["timestamp_window"]
+            items.append((rec["qid"], torch.nonzero(fg).flatten().tolist()))
+        out.append(record("UniVTG", commit, "main/dataset.py DatasetMR.__getitem__ "
+                          "timestamp_window", FILES[name], "univtg", "fixed", items))
+        print(f"UniVTG {name}: {len(items)} queries", file=sys.stderr)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# the floor rule: FlashVTG and lighthouse
+# --------------------------------------------------------------------------------------------
+
+def floor_items(fn: Callable, recs: List[dict], with_duration: bool) -> List[Tuple]:
+    import numpy as np
+
+    items = []
+    for rec in recs:
+        n = num_clips(rec)
+        win = rec["relevant_windows"][0]
+        if with_duration:
+            res = fn(win, rec["duration"], n)
+        else:
+            res = fn(win, n)
+        items.append((rec["qid"], np.nonzero(np.asarray(res[2]))[0].tolist()))
+    return items
+
+
+def flashvtg(path: Path, data: Path, commit: str) -> List[dict]:
+    stub_modules(["torchtext"])
+    mod = fresh_import(path, "FlashVTG.start_end_dataset")
+    self = types.SimpleNamespace(dset_name="tacos")
+    fn = lambda w, d, n: mod.StartEndDataset.get_saliency_labels_sub_as_query(self, w, d, n)
+    items = floor_items(fn, load(data / FILES["tacos"]), True)
+    print(f"FlashVTG tacos: {len(items)} queries", file=sys.stderr)
+    return [record("FlashVTG", commit, "FlashVTG/start_end_dataset.py "
+                   "get_saliency_labels_sub_as_query", FILES["tacos"], "floor", "duration/n",
+                   items)]
+
+
+def lighthouse(path: Path, data: Path, commit: str) -> List[dict]:
+    out = []
+    recs = load(data / FILES["tacos"])
+    for module, cls, with_duration in (("training.dataset", "StartEndDataset", False),
+                                       ("training.cg_detr_dataset", "CGDETR_StartEndDataset",
+                                        True)):
+        klass = getattr(fresh_import(path, module), cls)
+        self = types.SimpleNamespace(dset_name="tacos", clip_len=CLIP_LEN)
+        if with_duration:
+            fn = lambda w, d, n, k=klass, s=self: k.get_saliency_labels_sub_as_query(s, w, d, n)
+        else:
+            fn = lambda w, n, k=klass, s=self: k.get_saliency_labels_sub_as_query(s, w, n)
+        items = floor_items(fn, recs, with_duration)
+        mode = "duration/n" if with_duration else "fixed"
+        out.append(record("lighthouse", commit, f"training/{module.split('.')[-1]}.py "
+                          "get_saliency_labels_sub_as_query", FILES["tacos"], "floor", mode,
+                          items))
+        print(f"lighthouse {module}: {len(items)} queries", file=sys.stderr)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="scripts/record_baselines.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--univtg", type=Path, help="checkout of showlab/UniVTG")
+    p.add_argument("--flashvtg", type=Path, help="checkout of Zhuo-Cao/FlashVTG")
+    p.add_argument("--lighthouse", type=Path, help="checkout of line/lighthouse")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--deps", type=Path, default=None,
+                   help="folder with h5py, nncore and pandas (appended to sys.path)")
+    p.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures")
+    p.add_argument("--any-commit", action="store_true")
+    args = p.parse_args(argv)
+    if args.deps is not None:
+        sys.path.append(str(args.deps))
+    for name in FILES.values():
+        if not (args.data / name).is_file():
+            raise SystemExit(f"--data {args.data}: {name} not found")
+    records: List[dict] = []
+    steps: Dict[str, Callable] = {"univtg": univtg, "flashvtg": flashvtg,
+                                  "lighthouse": lighthouse}
+    for name, fn in steps.items():
+        path = getattr(args, name)
+        if path is None:
+            print(f"{name}: no checkout given, skipped", file=sys.stderr)
+            continue
+        records += fn(path.resolve(), args.data, check_commit(name, path, args.any_commit))
+    if not records:
+        raise SystemExit("no baseline checkout given (--univtg, --flashvtg, --lighthouse)")
+    args.out.mkdir(parents=True, exist_ok=True)
+    target = args.out / "baseline_foreground.json"
+    doc = dict(about="Each baseline's own foreground per query, recorded from its code by "
+                     "scripts/record_baselines.py; compared by "
+                     "tests/library/test_baseline_foreground.py", records=records)
+    target.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"wrote {len(records)} records to {target}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
