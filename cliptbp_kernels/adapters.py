@@ -38,6 +38,7 @@ from .labels import _clip_lengths, check_rule, merge_windows, to_python, windows
 
 __all__ = [
     "MissingOutputError",
+    "RECIPE_AUX_BETA",
     "detr_matched_spans",
     "flashvtg_inputs",
     "inputs_from_windows",
@@ -45,6 +46,13 @@ __all__ = [
 ]
 
 OFFSET_UNITS = ("clips", "seconds", "normalized")
+
+#: The SmoothL1 threshold of ``L_b_aux`` that the recipes pass (``ClipTBPLoss(aux_beta=...)``),
+#: in the adapters' unit, fractions of the video: 0.01 is about one clip of a QVHighlights
+#: video (2 s of 150 s). Errors above it get the constant gradient of L1, smaller ones the
+#: shrinking one of L2; with the function's own default ``beta=1.0`` every error on this
+#: scale would sit deep in the quadratic zone and the term would fade as training goes on.
+RECIPE_AUX_BETA = 0.01
 
 
 class MissingOutputError(KeyError):
@@ -139,7 +147,7 @@ def inputs_from_windows(
     windows_sec: Sequence,
     clip_len: Union[float, Sequence[float], Tensor],
     pred_offsets: Optional[Tensor] = None,
-    offset_unit: str = "clips",
+    offset_unit: str = "normalized",
     *,
     anchor: Union[float, Tensor] = 0.0,
     rule: str = "center",
@@ -164,8 +172,10 @@ def inputs_from_windows(
             predicted start and end, in ``offset_unit``; the predicted window of clip ``i``
             is ``[a_i - d_start, a_i + d_end]``. The gradient of ``L_b_aux`` flows into it.
         offset_unit: unit of ``pred_offsets``, of a tensor ``anchor`` and of the returned
-            spans: ``"clips"`` (clip lengths), ``"seconds"``, or ``"normalized"`` (fraction of
-            the sample's video length ``n_b * clip_len``, ``n_b`` = its number of real clips).
+            spans: ``"normalized"`` (default: fraction of the sample's video length
+            ``n_b * clip_len``, ``n_b`` = its number of real clips; the unit of every
+            adapter, in which the recipes' ``aux_beta`` is chosen), ``"clips"`` (clip
+            lengths) or ``"seconds"``.
         anchor: the anchor ``a_i`` of clip ``i``. A number ``c`` puts it at ``i + c`` clips
             (``0.0``: the clip's start, as FlashVTG; ``0.5``: its centre). A tensor
             broadcastable to ``[B, T]`` gives it directly, in ``offset_unit``.
@@ -319,7 +329,6 @@ def univtg_inputs(
     outputs: Mapping[str, Tensor],
     targets: Mapping[str, Tensor],
     *,
-    clip_len: Optional[float] = None,
     emb_key: str = "vid_mem",
     rule: str = "univtg",
 ) -> Dict[str, Tensor]:
@@ -353,8 +362,6 @@ def univtg_inputs(
 
     Args:
         outputs, targets: as above.
-        clip_len: ``None`` (default): spans in UniVTG's normalised units (those of its own
-            ``loss_b``). A clip length in seconds: spans in seconds.
         emb_key: the key of ``outputs`` used as ``emb`` (default ``"vid_mem"``).
         rule: ``"univtg"`` (default): the labels' foreground is UniVTG's own
             ``timestamp_window`` (a window ``[4 s, 10 s]`` with 2 s clips: clips 1-4, the
@@ -365,7 +372,8 @@ def univtg_inputs(
     Returns:
         ``dict(emb, labels, pred_spans, target_spans, span_mask)`` as
         :func:`inputs_from_windows`; ``pred_spans`` = ``timestamp + pred_spans`` (UniVTG's own
-        ``src_spans``), ``target_spans`` = the clip's GT window, ``span_mask`` = ``labels >= 1``.
+        ``src_spans``), ``target_spans`` = the clip's GT window, ``span_mask`` = ``labels >= 1``;
+        spans in fractions of the video (UniVTG's own unit, and that of every adapter).
     """
     emb = _model_output(
         outputs, emb_key, "vid_mem",
@@ -400,12 +408,6 @@ def univtg_inputs(
     for t, name in ((pred, "outputs['pred_spans']"), (mask, mask_name),
                     (stamp, "targets['timestamp']")):
         _check_device(t, name, emb.device)
-    if clip_len is not None:
-        if isinstance(clip_len, bool) or not isinstance(clip_len, numbers.Real):
-            raise TypeError(
-                f"clip_len must be a real number or None; got {type(clip_len).__name__}")
-        if not math.isfinite(float(clip_len)) or clip_len <= 0:
-            raise ValueError(f"clip_len must be a finite number > 0; got {clip_len}")
 
     valid = mask != 0
     n_valid = valid.sum(dim=1).cpu().tolist()
@@ -433,16 +435,9 @@ def univtg_inputs(
         labels = windows_to_labels(windows_clips, T, 1.0, rule=rule) if B else own
 
     offsets = torch.stack((-pred[..., 0], pred[..., 1]), dim=-1)     # (d_start, d_end)
-    anchor = stamp[..., 0]
-    if clip_len is None:
-        # clip units as "seconds" with a clip length of 1: windows / n == normalised units
-        return _build(emb, valid, windows_clips, [1.0] * B, labels, offsets, "normalized",
-                      anchor)
-    clip_len = float(clip_len)
-    length = torch.tensor(n_valid, dtype=pred.dtype, device=pred.device) * clip_len   # seconds
-    windows_sec = [[[st * clip_len, ed * clip_len] for st, ed in s] for s in windows_clips]
-    return _build(emb, valid, windows_sec, [clip_len] * B, labels,
-                  offsets * length[:, None, None], "seconds", anchor * length[:, None])
+    # clip units as "seconds" with a clip length of 1: windows / n == normalised units
+    return _build(emb, valid, windows_clips, [1.0] * B, labels, offsets, "normalized",
+                  stamp[..., 0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -474,8 +469,9 @@ def flashvtg_inputs(
       ``(1, 2, 4, 8)``: ``N = T + T/2 + ...``); per point the distances
       ``(d_start, d_end) > 0`` (``exp(.) * coef``) in units of the level's stride, measured
       from the point's position ``p`` = its first clip (``PointGenerator`` without offset):
-      the predicted window is ``[p - d_start * stride, p + d_end * stride]`` clips. The first
-      ``T`` points are the stride-1 level, point ``i`` = clip ``i``; they are the ones used.
+      the predicted window is ``[p - d_start * stride, p + d_end * stride]`` clips.
+    * ``outputs["point"]`` ``[N, 4]``: per point its position, regression range and stride
+      (``blocks/generator.py``), exported in training mode.
     * ``targets["label"]``: the batch's metadata list (``targets["label"] = batch[0]`` in
       ``train.py``), each with ``"relevant_windows"`` in seconds (and ``"duration"``);
       FlashVTG turns them into clips with ``targets["fps"] = 1 / clip_length``.
@@ -493,9 +489,15 @@ def flashvtg_inputs(
             ``"univtg"``, ``"floor"``: that rule with ``clip_len``.
 
     Returns:
-        ``dict(emb, labels, pred_spans, target_spans, span_mask)`` as
-        :func:`inputs_from_windows`, spans in clips (the unit of FlashVTG's ``loss_reg``):
-        ``pred_spans[b, i] = (i - d_start, i + d_end)``.
+        ``dict(emb, labels, pred_spans, target_spans, span_mask)``; ``emb`` and ``labels`` as
+        :func:`inputs_from_windows` (labels on the stride-1 clips). The spans cover every
+        point of every pyramid level (``[B, N, 2]``, ``span_mask`` ``[B, N]``) and follow
+        FlashVTG's own regression (``BundleLoss.get_target``): a point counts where FlashVTG
+        regresses it (centre sampling with radius ``1.5 * stride``, the level's regression
+        range, the shortest window when several qualify), its predicted window is
+        ``[p - d_start * stride, p + d_end * stride]`` and its target the window it is
+        assigned, both divided by the sample's number of real clips: **fractions of the
+        video**, the unit of every adapter (docs/integrations.md, "One unit").
     """
     emb = _model_output(
         outputs, emb_key, "video_emb_pre_relu",
@@ -525,24 +527,79 @@ def flashvtg_inputs(
         raise ValueError(f"targets['label'] must have one entry per sample ({B}); got {len(meta)}")
     windows = [_require(m, "relevant_windows", f"targets['label'][{b}]")
                for b, m in enumerate(meta)]
-    if rule != "auto":
-        return inputs_from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips",
-                                   anchor=0.0, rule=rule)
-    if all("relevant_clip_ids" in m for m in meta):
-        return inputs_from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips",
-                                   anchor=0.0, rule="center")
-    # FlashVTG's Charades-STA / TACoS branch: floor rule, clip length duration / n per sample
+    point = _tensor(_require(outputs, "point", "outputs"), "outputs['point']", floating=True)
+    if point.dim() != 2 or point.shape[1] != 4 or point.shape[0] != coord.shape[1]:
+        raise ValueError(
+            "outputs['point'] must have shape [N, 4] (position, reg_min, reg_max, stride) with "
+            f"N = out_coord.shape[1] = {coord.shape[1]}; got {tuple(point.shape)}")
     _check_device(msk, "outputs['video_msk']", emb.device)
-    n_valid = (msk != 0).sum(dim=1).cpu().tolist()
-    label_lengths = []
-    for b, (m, n) in enumerate(zip(meta, n_valid)):
-        d = _require(m, "duration", f"targets['label'][{b}]")
-        if isinstance(d, bool) or not isinstance(d, numbers.Real) or not math.isfinite(d) or d <= 0:
-            raise ValueError(f"targets['label'][{b}]['duration'] must be a number > 0 (seconds); "
-                             f"got {d!r}")
-        label_lengths.append(float(d) / max(n, 1))
-    return _from_windows(emb, msk, windows, clip_len, coord[:, :T], "clips", 0.0, "floor",
-                         label_lengths)
+    valid = msk != 0
+    n_valid = valid.sum(dim=1).cpu().tolist()
+    label_lengths = None
+    if rule == "auto":
+        if all("relevant_clip_ids" in m for m in meta):
+            rule = "center"
+        else:
+            # FlashVTG's Charades-STA / TACoS branch: the floor rule with duration / n
+            rule, label_lengths = "floor", []
+            for b, (m, n) in enumerate(zip(meta, n_valid)):
+                d = _require(m, "duration", f"targets['label'][{b}]")
+                if (isinstance(d, bool) or not isinstance(d, numbers.Real)
+                        or not math.isfinite(d) or d <= 0):
+                    raise ValueError(f"targets['label'][{b}]['duration'] must be a number > 0 "
+                                     f"(seconds); got {d!r}")
+                label_lengths.append(float(d) / max(n, 1))
+    out = _from_windows(emb, msk, windows, clip_len, None, "clips", 0.0, rule, label_lengths)
+    samples = [[w for w in to_python(s) if not _is_padding(w)] for s in windows]
+    pred, target, positive = _flashvtg_spans(point, coord, samples, float(clip_len), n_valid)
+    out.update(pred_spans=pred, target_spans=target, span_mask=positive)
+    return out
+
+
+def _flashvtg_spans(point: Tensor, coord: Tensor, windows: Sequence, clip_len: float,
+                    n_valid: Sequence[int], radius: float = 1.5
+                    ) -> Tuple[Tensor, Tensor, Tensor]:
+    """FlashVTG's own positive points and regression targets (``BundleLoss.get_target``), as
+    spans in fractions of the video.
+
+    Point ``j`` (position ``p``, regression range ``[lo, hi]``, stride ``s``) is a positive of
+    GT window ``[st, ed]`` (clips: seconds / ``clip_len``, in float32 as FlashVTG computes
+    them) when ``p`` lies in the window's centre region ``[max(c - 1.5 s, st), min(c + 1.5 s,
+    ed)]`` and ``max(p - st, ed - p)`` lies in ``[lo, hi]``; of several such windows it takes
+    the shortest (the first on ties). Its predicted window is ``[p - d_start s, p + d_end s]``
+    clips. Both are divided by the sample's number of real clips.
+    """
+    B, N = int(coord.shape[0]), int(coord.shape[1])
+    device = coord.device
+    pt = point.detach().to(device=device, dtype=torch.float32)
+    pos, lo, hi, stride = pt[:, 0], pt[:, 1], pt[:, 2], pt[:, 3]
+    fps = torch.tensor(1.0 / clip_len, dtype=torch.float32)
+    target = torch.zeros((B, N, 2), dtype=torch.float32, device=device)
+    positive = torch.zeros((B, N), dtype=torch.bool, device=device)
+    for b, sample in enumerate(windows):
+        if not sample:
+            continue
+        gt = (torch.tensor([[float(st), float(ed)] for st, ed in sample], dtype=torch.float32)
+              * fps).to(device)
+        st, ed = gt[:, 0][None], gt[:, 1][None]
+        c = (st + ed) / 2
+        t_min = c - stride[:, None] * radius
+        t_max = c + stride[:, None] * radius
+        in_centre = ((pos[:, None] - torch.maximum(t_min, st)) >= 0) & \
+                    ((torch.minimum(t_max, ed) - pos[:, None]) >= 0)
+        reach = torch.maximum(pos[:, None] - st, ed - pos[:, None])
+        in_range = (reach >= lo[:, None]) & (reach <= hi[:, None])
+        lens = (ed - st).expand(N, -1).masked_fill(~(in_centre & in_range), math.inf)
+        min_len, idx = lens.min(dim=1)
+        positive[b] = torch.isfinite(min_len)
+        target[b] = gt[idx]
+    scale = 1.0 / torch.tensor([max(n, 1) for n in n_valid], dtype=torch.float32, device=device)
+    p = pos.to(coord.dtype)[None, :]
+    s = stride.to(coord.dtype)[None, :]
+    pred = torch.stack((p - coord[..., 0] * s, p + coord[..., 1] * s), dim=-1)
+    pred = pred * scale.to(coord.dtype)[:, None, None]
+    target = (target * scale[:, None, None]).to(coord.dtype)
+    return pred, target.masked_fill(~positive[..., None], 0.0), positive
 
 
 # --------------------------------------------------------------------------------------------

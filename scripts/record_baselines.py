@@ -31,6 +31,14 @@ features these data sets ship with):
   ``"floor"``, ``clip_len_mode = "duration/n"``).
 * lighthouse: ``training/dataset.py`` (fixed clip length 2) and ``training/cg_detr_dataset.py``
   (``duration / n``), the same function, on TACoS val (rule ``"floor"``).
+
+And one batch end to end (``tests/fixtures/baseline_univtg_batch.json``): UniVTG's own
+``DatasetMR``, ``start_end_collate_mr``, ``prepare_batch_inputs_mr``, model and criterion at
+initialisation (``build_model`` with UniVTG's default options, seed 0) on the first 4 queries
+of QVHighlights val with random features, the recipe's model change applied to a copy of the
+checkout at the line the docs name: the shapes and keys, UniVTG's own losses, the tensors
+``univtg_inputs`` reads, and its labels and ``L_b_aux`` (several SmoothL1 thresholds).
+Requires ``scipy`` as well (UniVTG's matcher).
 """
 
 from __future__ import annotations
@@ -77,6 +85,12 @@ def record(baseline: str, commit: str, where: str, data: str, rule: str, clip_le
                 clip_len=CLIP_LEN, clip_len_mode=clip_len_mode, num_clips="ceil(duration / 2)",
                 queries=len(items), foreground_clips=sum(len(c) for _, c in items),
                 sha256=digest(items), first=[[q, list(c)] for q, c in items[:FIRST]])
+
+
+def dump(doc: dict) -> str:
+    """JSON with one top-level key per line (small diffs, tensors on one line each)."""
+    return "{\n" + ",\n".join(f"{json.dumps(k)}: {json.dumps(v)}" for k, v in doc.items()) \
+        + "\n}\n"
 
 
 def git_commit(path: Path) -> str:
@@ -147,6 +161,133 @@ def univtg(path: Path, data: Path, commit: str) -> List[dict]:
                           "timestamp_window", FILES[name], "univtg", "fixed", items))
         print(f"UniVTG {name}: {len(items)} queries", file=sys.stderr)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# UniVTG end to end: its dataset, collate, model and criterion, with the recipe applied
+# --------------------------------------------------------------------------------------------
+
+# The recipe's model change (docs/integrations.md): the line to add, after which line, in
+# which file. Applied to a copy of the checkout; an anchor that is not where the docs say is
+# an error, so the docs' line numbers are checked too.
+UNIVTG_RECIPE = dict(file="model/univtg.py", after_line=141,
+                     anchor="'src_vid_mask': src_vid_mask}",
+                     add='        out["vid_mem"] = vid_mem')
+BATCH = 4                      # queries of the recorded batch
+AUX_BETAS = (1.0, 0.1, 0.05, 0.02, 0.01)
+
+
+def apply_recipe(root: Path, recipe: dict) -> None:
+    path = root / recipe["file"]
+    lines = path.read_text().split("\n")
+    at = recipe["after_line"] - 1
+    if recipe["anchor"] not in lines[at]:
+        raise SystemExit(f"{recipe['file']}:{recipe['after_line']} is {lines[at].strip()!r}, "
+                         f"not the recipe's anchor {recipe['anchor']!r}")
+    lines.insert(at + 1, recipe["add"])
+    path.write_text("\n".join(lines))
+
+
+def copy_checkout(path: Path) -> Path:
+    import shutil
+    import tempfile
+
+    dst = Path(tempfile.mkdtemp(prefix="cliptbp-baseline-")) / path.name
+    shutil.copytree(path, dst, ignore=shutil.ignore_patterns(".git"))
+    return dst
+
+
+def tensor_list(t, digits: int = 6):
+    """A tensor as (nested) lists of rounded floats: rows of its last dimension."""
+    if t.dim() > 1:
+        rows = t.reshape(-1, t.shape[-1]).tolist()
+        return [[round(float(x), digits) for x in row] for row in rows]
+    return [round(float(x), digits) for x in t.tolist()]
+
+
+def ours(adapter_out: dict, betas: Sequence[float]) -> Dict[str, float]:
+    """L_b_aux of the adapter's spans for each SmoothL1 threshold."""
+    import cliptbp_kernels as ck
+
+    res = {}
+    for beta in betas:
+        res[str(beta)] = float(ck.boundary_aux_loss(
+            adapter_out["pred_spans"].detach(), adapter_out["target_spans"],
+            mask=adapter_out["span_mask"], beta=beta))
+    return res
+
+
+def univtg_model(path: Path, data: Path, commit: str) -> dict:
+    import torch
+
+    from cliptbp_kernels.adapters import univtg_inputs
+
+    root = copy_checkout(path)
+    apply_recipe(root, UNIVTG_RECIPE)
+    config = fresh_import(root, "main.config")
+    ds_mod = fresh_import(root, "main.dataset")
+    sys.path.insert(0, str(root))
+    try:
+        model_mod = importlib.import_module("model.univtg")
+    finally:
+        sys.path.remove(str(root))
+    opts = config.BaseOptions()
+    opts.initialize()
+    v_dim, t_dim = 2816, 512            # SlowFast + CLIP video, CLIP text (QVHighlights)
+    args = opts.parser.parse_args([
+        "--dset_type", "mr", "--dset_name", "qvhighlights", "--clip_length", "2",
+        "--train_path", str(data / FILES["qvhighlights"]), "--v_feat_dim", str(v_dim + 2),
+        "--t_feat_dim", str(t_dim)])
+    args.device = torch.device("cpu")
+    torch.manual_seed(0)
+    model, criterion = model_mod.build_model(args)
+    model.train()
+    criterion.train()
+
+    recs = [r for r in load(data / FILES["qvhighlights"])][:BATCH]
+    ds = ds_mod.DatasetMR.__new__(ds_mod.DatasetMR)
+    ds.dset_name, ds.data_path, ds.data = "qvhighlights", str(data / FILES["qvhighlights"]), recs
+    ds.use_video, ds.use_tef, ds.load_labels = True, True, True
+    ds.clip_len, ds.max_v_l, ds.max_windows = 2.0, args.max_v_l, 5
+    ds.span_loss_type = "l1"
+    ds.add_easy_negative, ds.easy_negative_only = 1, 1
+    g = torch.Generator().manual_seed(0)
+    ds._get_query_feat_by_qid = lambda qid: torch.randn(12, t_dim, generator=g)
+    feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in recs}
+    ds._get_video_feat_by_vid = lambda vid: feats[vid]
+    import random
+
+    random.seed(0)
+    batch = ds_mod.start_end_collate_mr([ds[i] for i in range(len(recs))])
+    model_inputs, targets = ds_mod.prepare_batch_inputs_mr(batch[1], "cpu")
+    outputs = model(**model_inputs)
+    loss_dict = criterion(outputs, targets)
+    weight_dict = criterion.weight_dict
+    adapter = univtg_inputs(outputs, targets)
+    return dict(
+        baseline="UniVTG", commit=commit, data=FILES["qvhighlights"], recipe=UNIVTG_RECIPE,
+        qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
+        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
+        target_shapes={k: list(v.shape) for k, v in targets.items() if hasattr(v, "shape")},
+        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
+                         for k, v in loss_dict.items()},
+        weights={k: float(v) for k, v in weight_dict.items()},
+        span_loss=dict(name="loss_b", what="SmoothL1 (beta 1) of timestamp + pred_spans "
+                       "against span_labels_nn, normalised units",
+                       value=float(loss_dict["loss_b"].detach())),
+        tensors=dict(
+            timestamp=tensor_list(targets["timestamp"][..., 0]),
+            timestamp_mask=tensor_list(targets["timestamp_mask"]),
+            timestamp_window=tensor_list(targets["timestamp_window"]),
+            span_labels_nn=tensor_list(targets["span_labels_nn"]),
+            pred_spans=tensor_list(outputs["pred_spans"].detach()),
+        ),
+        emb=dict(key="vid_mem", shape=list(outputs["vid_mem"].shape),
+                 differs_from_vid_mem_proj=bool(
+                     not torch.equal(outputs["vid_mem"], outputs["vid_mem_proj"]))),
+        ours=dict(labels=adapter["labels"].tolist(), loss_aux=ours(adapter, AUX_BETAS),
+                  unit="fraction of the video"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -230,6 +371,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not records:
         raise SystemExit("no baseline checkout given (--univtg, --flashvtg, --lighthouse)")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.univtg is not None:
+        batch = univtg_model(args.univtg.resolve(), args.data, git_commit(args.univtg))
+        (args.out / "baseline_univtg_batch.json").write_text(dump(batch))
+        print(f"UniVTG batch: losses {batch['baseline_losses']}", file=sys.stderr)
     target = args.out / "baseline_foreground.json"
     doc = dict(about="Each baseline's own foreground per query, recorded from its code by "
                      "scripts/record_baselines.py; compared by "

@@ -111,19 +111,9 @@ def test_univtg_labels_spans_and_backward():
     assert torch.all(raw.grad[~m] == 0)
 
 
-def test_univtg_seconds_and_emb_key():
+def test_univtg_emb_key_and_mask_fallback():
     outputs, targets, raw, emb = _univtg_batch()
-    out = univtg_inputs(outputs, targets, clip_len=2.0)
-    assert out["labels"].tolist() == [[0, 1, 1, 1, 1, 0, 0, 0],
-                                      [1, 0, 2, 2, 2, -1, -1, -1]]
-    m = out["span_mask"]
-    length = torch.tensor([16.0, 10.0])[:, None, None]          # n * clip_len
-    src_spans = (targets["timestamp"] + outputs["pred_spans"]) * length
-    torch.testing.assert_close(out["pred_spans"][m], src_spans[m])
-    torch.testing.assert_close(out["target_spans"][0, 3], torch.tensor([4.0, 10.0]))
-    torch.testing.assert_close(out["target_spans"][1, 0], torch.tensor([0.0, 2.0]))
-    torch.testing.assert_close(out["target_spans"][1, 4], torch.tensor([6.0, 10.0]))
-
+    out = univtg_inputs(outputs, targets)
     # the projected input features only when asked for by name
     assert univtg_inputs(outputs, targets, emb_key="vid_mem_proj")["emb"] is \
         outputs["vid_mem_proj"]
@@ -173,13 +163,21 @@ def test_univtg_bad_inputs():
         univtg_inputs(outputs, {**targets, "span_labels_nn": targets["span_labels_nn"][..., :1]})
     with pytest.raises(ValueError, match="timestamp_mask"):
         univtg_inputs(outputs, {**targets, "timestamp_mask": targets["timestamp_mask"][:1]})
-    with pytest.raises(ValueError, match="clip_len"):
-        univtg_inputs(outputs, targets, clip_len=0.0)
+    with pytest.raises(TypeError, match="clip_len"):   # one unit: spans are fractions
+        univtg_inputs(outputs, targets, clip_len=2.0)
 
 
 # --------------------------------------------------------------------------------------------
 # FlashVTG
 # --------------------------------------------------------------------------------------------
+
+def _flashvtg_points():
+    """FlashVTG's points for T = 6 and strides (1, 2, 4, 8): the stride-8 level is skipped
+    (T < 8); per point (position, reg_min, reg_max, stride), regression ranges (0, 2),
+    (2, 4), (4, 8) as PointGenerator derives them from the strides."""
+    rows = [[p, 0, 2, 1] for p in range(6)] + [[p, 2, 4, 2] for p in (0, 2, 4)] + [[0, 4, 8, 4]]
+    return torch.tensor(rows, dtype=torch.float32)
+
 
 def _flashvtg_batch():
     """Two samples, clip_len 2 s, T = 6; sample 1 has 4 real clips.
@@ -196,6 +194,7 @@ def _flashvtg_batch():
         "video_emb": emb.detach().relu(),
         "video_msk": torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0]], dtype=torch.int32),
         "out_coord": raw.exp(),                         # exp(.) * coef, coef = 1 here
+        "point": _flashvtg_points(),
     }
     # QVHighlights metadata (relevant_clip_ids present: FlashVTG's clip-id foreground)
     targets = {"label": [{"qid": 1, "relevant_windows": [[4, 10]], "relevant_clip_ids": [2, 3, 4]},
@@ -209,29 +208,56 @@ def test_flashvtg_labels_spans_and_backward():
     out = flashvtg_inputs(outputs, targets, clip_len=2.0)
     # [4, 10) s holds the centres of clips 2-4; [2, 6) those of clips 1-2; clips 4-5 padding
     assert out["labels"].tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, -1, -1]]
-    m = out["span_mask"]
-    coord = outputs["out_coord"]
-    pos = torch.arange(6.0)
-    expect = torch.stack((pos - coord[:, :6, 0], pos + coord[:, :6, 1]), dim=-1)
+    # FlashVTG's own positives (BundleLoss.get_target). Sample 0: window [2, 5] clips, centre
+    # 3.5. Stride 1: centre region [2, 5], reach max(p - 2, 5 - p) <= 2 -> p = 3, 4. Stride 2:
+    # region [2, 5], reach in [2, 4] -> p = 2, 4 (points 7, 8). Stride 4: p = 0 outside.
+    # Sample 1: window [1, 3], centre 2. Stride 1: region [1, 3], reach <= 2 -> p = 1, 2, 3;
+    # stride 2: p = 2 has reach 1 < 2; stride 4: p = 0 outside.
+    pos = out["span_mask"]
+    assert pos.shape == (2, 10)
+    assert torch.nonzero(pos[0]).flatten().tolist() == [3, 4, 7, 8]
+    assert torch.nonzero(pos[1]).flatten().tolist() == [1, 2, 3]
+    # spans in fractions of the video: clips / n (6 and 4 real clips)
+    coord, point = outputs["out_coord"], outputs["point"]
+    p, s = point[:, 0], point[:, 3]
+    n = torch.tensor([6.0, 4.0])[:, None]
+    expect = torch.stack(((p - coord[..., 0] * s) / n, (p + coord[..., 1] * s) / n), dim=-1)
     torch.testing.assert_close(out["pred_spans"], expect)
-    # in seconds this is FlashVTG's own decoding: (out_coord * (-1, 1) * stride + point) * clip_len
-    flash = (coord[:, :6] * torch.tensor([-1.0, 1.0]) + pos[None, :, None]) / (1 / 2.0)
-    torch.testing.assert_close(out["pred_spans"] * 2.0, flash)
-    # targets in clips: windows * fps
-    for i in (2, 3, 4):
-        torch.testing.assert_close(out["target_spans"][0, i], torch.tensor([2.0, 5.0]))
-    for i in (1, 2):
-        torch.testing.assert_close(out["target_spans"][1, i], torch.tensor([1.0, 3.0]))
+    # FlashVTG's own decoding in seconds is the same window: (point + (-d_s, d_e) * stride) / fps
+    flash = (coord * torch.tensor([-1.0, 1.0]) * s[:, None] + p[:, None]) / 0.5
+    torch.testing.assert_close(out["pred_spans"] * n[..., None] * 2.0, flash)
+    for j in (3, 4, 7, 8):
+        torch.testing.assert_close(out["target_spans"][0, j], torch.tensor([2.0, 5.0]) / 6)
+    for j in (1, 2, 3):
+        torch.testing.assert_close(out["target_spans"][1, j], torch.tensor([1.0, 3.0]) / 4)
+    assert torch.all(out["target_spans"][~pos] == 0)
 
     res = _crit()(**out, basic={"loss_reg": raw.sum() * 0.0 + 0.7})
     assert torch.isfinite(res["loss"]) and "loss_aux" in res and "loss_reg" in res
     res["loss"].backward()
     assert emb.grad.abs().sum() > 0
     assert torch.all(emb.grad[1, 4:] == 0)
-    first = raw.grad[:, :6]
-    assert torch.all(first[m].abs().sum(-1) > 0)
-    assert torch.all(first[~m] == 0)
-    assert torch.all(raw.grad[:, 6:] == 0)              # coarser pyramid levels untouched
+    # L_b_aux reaches the regressed points of every level, and only those
+    assert torch.all(raw.grad[pos].abs().sum(-1) > 0)
+    assert torch.all(raw.grad[~pos] == 0)
+
+
+def test_flashvtg_positives_take_the_shortest_window():
+    # two windows, [0, 8] and [2, 4] clips. Point 3 (stride 1) lies in both centre regions
+    # ([2.5, 5.5] and [2, 4]) but reaches 5 clips for the long one, outside its range (0, 2),
+    # and 1 for the short one: it regresses the short one. Point 8 (p = 4, stride 2, centre
+    # regions [1, 7] and [2, 4]) reaches 4 and 2, both in its range [2, 4]: it takes the
+    # shorter window.
+    outputs, _, _, _ = _flashvtg_batch()
+    targets = {"label": [{"relevant_windows": [[0, 16], [4, 8]], "relevant_clip_ids": []},
+                         {"relevant_windows": [], "relevant_clip_ids": []}]}
+    out = flashvtg_inputs(outputs, targets, clip_len=2.0)
+    pos = out["span_mask"]
+    assert not pos[1].any()                                 # no window, no positive
+    assert pos[0, 3] and pos[0, 8]
+    short = torch.tensor([2.0, 4.0]) / 6
+    torch.testing.assert_close(out["target_spans"][0, 3], short)
+    torch.testing.assert_close(out["target_spans"][0, 8], short)
 
 
 def test_flashvtg_floor_rule_on_charades_tacos_metadata():
@@ -244,10 +270,12 @@ def test_flashvtg_floor_rule_on_charades_tacos_metadata():
                          {"relevant_windows": [[2.0, 6.0]], "duration": 7.0}]}
     out = flashvtg_inputs(outputs, targets, clip_len=2.0)
     assert out["labels"].tolist() == [[0, 1, 1, 1, 0, 0], [0, 1, 1, 0, -1, -1]]
-    # the spans stay in FlashVTG's regression unit, clips of --clip_length (windows * fps)
-    torch.testing.assert_close(out["target_spans"][0, 1], torch.tensor([2.0, 5.0]))
-    torch.testing.assert_close(out["target_spans"][1, 2], torch.tensor([1.0, 3.0]))
-    assert torch.equal(out["span_mask"], out["labels"] >= 1)
+    # the spans follow FlashVTG's regression, windows * fps in clips of --clip_length, as
+    # fractions of the video: the same positives as with QVHighlights metadata
+    torch.testing.assert_close(out["target_spans"][0, 3], torch.tensor([2.0, 5.0]) / 6)
+    torch.testing.assert_close(out["target_spans"][1, 2], torch.tensor([1.0, 3.0]) / 4)
+    qvh = flashvtg_inputs(*_flashvtg_batch()[:2], clip_len=2.0)
+    assert torch.equal(out["span_mask"], qvh["span_mask"])
     # an explicit rule uses clip_len for the labels as well
     centre = flashvtg_inputs(outputs, targets, clip_len=2.0, rule="center")
     assert centre["labels"].tolist() == [[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, -1, -1]]
@@ -274,7 +302,7 @@ def test_flashvtg_no_silent_fallback_to_the_rectified_tokens():
 
 def test_flashvtg_bad_inputs():
     outputs, targets, _, _ = _flashvtg_batch()
-    for key in ("video_emb_pre_relu", "video_msk", "out_coord"):
+    for key in ("video_emb_pre_relu", "video_msk", "out_coord", "point"):
         with pytest.raises(KeyError, match=key):
             flashvtg_inputs({k: v for k, v in outputs.items() if k != key}, targets, clip_len=2.0)
     with pytest.raises(ValueError, match="out_coord"):
@@ -293,6 +321,8 @@ def test_flashvtg_bad_inputs():
                         clip_len=2.0)
     with pytest.raises(ValueError, match="clip_len"):
         flashvtg_inputs(outputs, targets, clip_len=-1.0)
+    with pytest.raises(ValueError, match="point"):
+        flashvtg_inputs({**outputs, "point": outputs["point"][:9]}, targets, clip_len=2.0)
 
 
 # --------------------------------------------------------------------------------------------
