@@ -39,6 +39,12 @@ of QVHighlights val with random features, the recipe's model change applied to a
 checkout at the line the docs name: the shapes and keys, UniVTG's own losses, the tensors
 ``univtg_inputs`` reads, and its labels and ``L_b_aux`` (several SmoothL1 thresholds).
 Requires ``scipy`` as well (UniVTG's matcher).
+
+And FlashVTG's regression targets (``tests/fixtures/baseline_flashvtg_targets.json``): for
+every query of QVHighlights val and TACoS val, the points that FlashVTG's own
+``BundleLoss.get_target_single`` regresses over its own ``PointGenerator``'s points (strides
+1, 2, 4, 8) and which window each regresses, as a digest that the test compares with the
+points ``flashvtg_inputs`` supervises.
 """
 
 from __future__ import annotations
@@ -321,6 +327,80 @@ def flashvtg(path: Path, data: Path, commit: str) -> List[dict]:
                    items)]
 
 
+# --------------------------------------------------------------------------------------------
+# FlashVTG's regression targets: which points regress which window
+# --------------------------------------------------------------------------------------------
+
+FLASHVTG_STRIDES = (1, 2, 4, 8)      # data/MR.py
+FLASHVTG_BUFFER = 1024
+
+
+def pyramid_sizes(T: int) -> List[int]:
+    """Lengths of FlashVTG's pyramid levels for T clips (ConvPyramid: a level is skipped when
+    T < stride; each factor 2 is a Conv1d with kernel 2 and stride 2, floor(L / 2))."""
+    sizes = []
+    for s in FLASHVTG_STRIDES:
+        if T < s:
+            continue
+        n = T
+        for _ in range(int(math.log2(s))):
+            n = (n - 2) // 2 + 1
+        sizes.append(n)
+    return sizes
+
+
+def flashvtg_targets(path: Path, data: Path, commit: str) -> List[dict]:
+    """For every query: the points FlashVTG's own ``BundleLoss.get_target_single`` regresses
+    (``c_tgt``) and their targets (``r_tgt``, stride units), over its own ``PointGenerator``'s
+    points; as a digest of ``qid<TAB>point:window ...``, ``window`` the index (in the
+    annotation's order) of the window nearest to ``(point - r_tgt[0] * stride, point +
+    r_tgt[1] * stride)``, the window the point regresses (shared with the test)."""
+    import torch
+
+    gen_mod = fresh_import(path, "blocks.generator")
+    loss_mod = importlib.import_module("blocks.loss")
+    gen = gen_mod.PointGenerator(FLASHVTG_STRIDES, FLASHVTG_BUFFER)
+    crit = loss_mod.BundleLoss.__new__(loss_mod.BundleLoss)
+    crit.sample_radius = 1.5
+    out = []
+    for name in ("qvhighlights", "tacos"):
+        items = []
+        for rec in load(data / FILES[name]):
+            T = num_clips(rec)
+            point = gen([torch.zeros(1, n, 1) for n in pyramid_sizes(T)])
+            gt = torch.tensor(rec["relevant_windows"], dtype=torch.float32) * \
+                torch.tensor(1 / CLIP_LEN, dtype=torch.float32)
+            c_tgt, r_tgt = crit.get_target_single(point, gt, gt.new_ones(len(gt), 1).long())
+            pos = torch.nonzero(c_tgt > 0).flatten()
+            st = point[pos, 0] - r_tgt[pos, 0] * point[pos, 3]
+            ed = point[pos, 0] + r_tgt[pos, 1] * point[pos, 3]
+            items.append((rec["qid"], point_items(pos, torch.stack((st, ed), -1), gt)))
+        out.append(dict(baseline="FlashVTG", commit=commit,
+                        function="blocks/loss.py BundleLoss.get_target_single over "
+                                 "blocks/generator.py PointGenerator((1, 2, 4, 8), 1024)",
+                        data=FILES[name], clip_len=CLIP_LEN, num_clips="ceil(duration / 2)",
+                        queries=len(items), positives=sum(len(c) for _, c in items),
+                        sha256=digest_strings(items),
+                        first=[[q, c] for q, c in items[:FIRST]]))
+        print(f"FlashVTG targets {name}: {len(items)} queries", file=sys.stderr)
+    return out
+
+
+def point_items(pos, windows, gt) -> List[str]:
+    """``point:k`` for each regressed point, ``k`` the nearest of the annotated windows
+    ``gt`` (clips) to the window it regresses."""
+    near = (windows[:, None, :] - gt[None, :, :]).abs().sum(-1).argmin(dim=1)
+    return [f"{int(j)}:{int(k)}" for j, k in zip(pos.tolist(), near.tolist())]
+
+
+def digest_strings(items: Sequence[Tuple[object, Sequence[str]]]) -> str:
+    """sha256 of one line per query: ``qid<TAB>item item ...`` in file order."""
+    h = hashlib.sha256()
+    for qid, strs in items:
+        h.update(f"{qid}\t{' '.join(strs)}\n".encode())
+    return h.hexdigest()
+
+
 def lighthouse(path: Path, data: Path, commit: str) -> List[dict]:
     out = []
     recs = load(data / FILES["tacos"])
@@ -374,6 +454,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.univtg is not None:
         batch = univtg_model(args.univtg.resolve(), args.data, git_commit(args.univtg))
         (args.out / "baseline_univtg_batch.json").write_text(dump(batch))
+    if args.flashvtg is not None:
+        recs = flashvtg_targets(args.flashvtg.resolve(), args.data, git_commit(args.flashvtg))
+        (args.out / "baseline_flashvtg_targets.json").write_text(
+            json.dumps(dict(records=recs), indent=1) + "\n")
         print(f"UniVTG batch: losses {batch['baseline_losses']}", file=sys.stderr)
     target = args.out / "baseline_foreground.json"
     doc = dict(about="Each baseline's own foreground per query, recorded from its code by "

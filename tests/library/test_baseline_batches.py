@@ -8,13 +8,14 @@ its own losses, the tensors the adapter reads (not the embeddings), and the adap
 """
 
 import json
+import math
 
 import pytest
 import torch
 
 import cliptbp_kernels as ck
 from cliptbp_kernels.adapters import RECIPE_AUX_BETA, univtg_inputs
-from paths import REPO
+from paths import REPO, SHARED_DATA, script_module
 
 FIXTURES = REPO / "tests" / "fixtures"
 
@@ -74,3 +75,51 @@ def test_univtg_aux_term_on_the_scale_of_its_own_span_loss():
     own = rec["baseline_losses"]["loss_b"] * rec["weights"]["loss_b"]
     ours = rec["ours"]["loss_aux"][str(RECIPE_AUX_BETA)]
     assert own / 10 <= ours <= own * 10, (ours, own)
+
+
+# --------------------------------------------------------------------------------------------
+# FlashVTG: the points it regresses, and which window each one regresses
+# --------------------------------------------------------------------------------------------
+
+def _script():
+    return script_module("record_baselines")
+
+
+def _flashvtg_point(script, T):
+    """FlashVTG's points for T clips: per present level, positions 0, s, 2s, ... with the
+    level's regression range (as PointGenerator derives them from the strides) and stride."""
+    strides = script.FLASHVTG_STRIDES
+    ranges = list(zip((0,) + strides[1:-1], strides[1:])) + [(strides[-1], math.inf)]
+    rows = []
+    for s, (lo, hi), n in zip(strides, ranges, script.pyramid_sizes(T)):
+        rows += [[i * s, lo, hi, s] for i in range(n)]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+FLASHVTG_TARGETS = json.loads((FIXTURES / "baseline_flashvtg_targets.json").read_text())
+
+
+@pytest.mark.parametrize("rec", FLASHVTG_TARGETS["records"], ids=lambda r: r["data"])
+def test_flashvtg_adapter_regresses_the_points_flashvtg_regresses(rec):
+    from cliptbp_kernels.adapters import _flashvtg_spans
+
+    path = SHARED_DATA / rec["data"]
+    if not path.is_file():
+        pytest.skip(f"annotation file not found: {path}")
+    script = _script()
+    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert len(recs) == rec["queries"]
+    items = []
+    for r in recs:
+        T = math.ceil(float(r["duration"]) / rec["clip_len"])
+        point = _flashvtg_point(script, T)
+        coord = torch.zeros(1, point.shape[0], 2)
+        _, target, positive = _flashvtg_spans(point, coord, [r["relevant_windows"]],
+                                              rec["clip_len"], [T])
+        pos = torch.nonzero(positive[0]).flatten()
+        gt = torch.tensor(r["relevant_windows"], dtype=torch.float32) / rec["clip_len"]
+        items.append((r["qid"], script.point_items(pos, target[0, pos] * T, gt)))
+    for (qid, got), (want_qid, want) in zip(items, rec["first"]):
+        assert qid == want_qid and got == want, qid
+    assert sum(len(c) for _, c in items) == rec["positives"]
+    assert script.digest_strings(items) == rec["sha256"]

@@ -7,25 +7,20 @@ FlashVTG and lighthouse at the commits of docs/integrations.md). Here the matchi
 on the same files in ``../shared/data`` (skipped when absent) and must give the same digest.
 """
 
-import importlib.util
 import json
 import math
 
 import pytest
 
 from cliptbp_kernels.labels import LABEL_RULES, windows_to_labels
-from paths import REPO, SHARED_DATA
+from paths import REPO, SHARED_DATA, script_module
 
 FIXTURE = REPO / "tests" / "fixtures" / "baseline_foreground.json"
 RECORDS = json.loads(FIXTURE.read_text())["records"]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "record_baselines", REPO / "scripts" / "record_baselines.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return script_module("record_baselines")
 
 
 def test_fixture_covers_every_baseline_rule():
