@@ -40,6 +40,13 @@ checkout at the line the docs name: the shapes and keys, UniVTG's own losses, th
 ``univtg_inputs`` reads, and its labels and ``L_b_aux`` (several SmoothL1 thresholds).
 Requires ``scipy`` as well (UniVTG's matcher).
 
+FlashVTG the same way (``tests/fixtures/baseline_flashvtg_{qvhighlights,tacos}_batch.json``):
+its data set class, ``start_end_collate``, ``prepare_batch_inputs``, ``build_model1`` with the
+options of its own training script for the data set (``nncore`` config ``data/MR.py``), its
+training step, the recipe's two lines applied; recorded: shapes, its losses, the rectified
+``video_emb`` against the exported pre-ReLU tokens, its own foreground
+(``saliency_all_labels``), the tensors ``flashvtg_inputs`` reads, and its results.
+
 And FlashVTG's regression targets (``tests/fixtures/baseline_flashvtg_targets.json``): for
 every query of QVHighlights val and TACoS val, the points that FlashVTG's own
 ``BundleLoss.get_target_single`` regresses over its own ``PointGenerator``'s points (strides
@@ -138,6 +145,15 @@ def fresh_import(root: Path, module: str):
         sys.path.remove(str(root))
 
 
+def import_from(root: Path, *names: str) -> list:
+    """Import `names` with `root` first on sys.path (without forgetting anything)."""
+    sys.path.insert(0, str(root))
+    try:
+        return [importlib.import_module(n) for n in names]
+    finally:
+        sys.path.remove(str(root))
+
+
 # --------------------------------------------------------------------------------------------
 # UniVTG
 # --------------------------------------------------------------------------------------------
@@ -232,11 +248,7 @@ def univtg_model(path: Path, data: Path, commit: str) -> dict:
     apply_recipe(root, UNIVTG_RECIPE)
     config = fresh_import(root, "main.config")
     ds_mod = fresh_import(root, "main.dataset")
-    sys.path.insert(0, str(root))
-    try:
-        model_mod = importlib.import_module("model.univtg")
-    finally:
-        sys.path.remove(str(root))
+    (model_mod,) = import_from(root, "model.univtg")
     opts = config.BaseOptions()
     opts.initialize()
     v_dim, t_dim = 2816, 512            # SlowFast + CLIP video, CLIP text (QVHighlights)
@@ -357,8 +369,9 @@ def flashvtg_targets(path: Path, data: Path, commit: str) -> List[dict]:
     r_tgt[1] * stride)``, the window the point regresses (shared with the test)."""
     import torch
 
-    gen_mod = fresh_import(path, "blocks.generator")
-    loss_mod = importlib.import_module("blocks.loss")
+    # blocks/ registers its classes with nncore once per process: reuse it when the model
+    # step imported it already (from a copy of the same checkout)
+    gen_mod, loss_mod = import_from(path, "blocks.generator", "blocks.loss")
     gen = gen_mod.PointGenerator(FLASHVTG_STRIDES, FLASHVTG_BUFFER)
     crit = loss_mod.BundleLoss.__new__(loss_mod.BundleLoss)
     crit.sample_radius = 1.5
@@ -391,6 +404,127 @@ def point_items(pos, windows, gt) -> List[str]:
     ``gt`` (clips) to the window it regresses."""
     near = (windows[:, None, :] - gt[None, :, :]).abs().sum(-1).argmin(dim=1)
     return [f"{int(j)}:{int(k)}" for j, k in zip(pos.tolist(), near.tolist())]
+
+
+# The recipe's model change for FlashVTG (docs/integrations.md): two lines of
+# FlashVTG/model.py at 25b9591, inserted after the anchors (applied bottom-up).
+FLASHVTG_RECIPE = [
+    dict(file="FlashVTG/model.py", after_line=221, anchor='output["video_emb"] = video_emb',
+         add='                output["video_emb_pre_relu"] = video_emb_pre_relu'),
+    dict(file="FlashVTG/model.py", after_line=187, anchor="video_msk = (~video_msk).int()",
+         add="        video_emb_pre_relu = video_emb.clone()"),
+]
+# the options of FlashVTG/scripts/tacos/train.sh and FlashVTG/scripts/train_qv_slowclip.sh
+FLASHVTG_ARGS = {
+    "tacos": [
+        "--dset_name", "tacos", "--ctx_mode", "video_tef", "--enc_layers", "3",
+        "--t2v_layers", "8", "--dummy_layers", "3", "--num_dummies", "35", "--kernel_size", "5",
+        "--num_conv_layers", "2", "--num_mlp_layers", "5", "--lw_reg", "1", "--lw_cls", "5",
+        "--lw_sal", "0.05", "--lw_saliency", "0.8", "--label_loss_coef", "4", "--use_neg",
+        "--max_v_l", "-1", "--max_q_l", "-1", "--clip_length", "2", "--t_feat_dim", "512",
+        "--v_feat_dim", "2816"],
+    "qvhighlights": [
+        "--dset_name", "hl", "--ctx_mode", "video_tef", "--enc_layers", "3",
+        "--t2v_layers", "6", "--dummy_layers", "2", "--num_dummies", "40", "--kernel_size", "5",
+        "--num_conv_layers", "1", "--num_mlp_layers", "5", "--lw_reg", "1", "--lw_cls", "5",
+        "--lw_sal", "0.1", "--lw_saliency", "0.8", "--label_loss_coef", "4", "--use_neg",
+        "--use_SRM", "--max_v_l", "75", "--max_q_l", "40", "--clip_length", "2",
+        "--t_feat_dim", "512", "--v_feat_dim", "2816"],
+}
+
+
+def flashvtg_model(path: Path, data: Path, commit: str, name: str) -> dict:
+    """FlashVTG's own data set code, collate, model and criterion at initialisation on the
+    first 4 queries of the data set's val file (random features), the recipe applied, with
+    the options of FlashVTG's own training script for that data set; its training step
+    (``train.py``: ``targets["label"] = batch[0]``, ``targets["fps"]``, the model, the
+    criterion, the weighted sum) and ``flashvtg_inputs`` on the same outputs."""
+    import random
+
+    import nncore
+    import numpy as np
+    import torch
+
+    import cliptbp_kernels as ck
+    from cliptbp_kernels.adapters import flashvtg_inputs
+
+    stub_modules(["torchtext"])
+    root = copy_checkout(path)
+    for recipe in FLASHVTG_RECIPE:
+        apply_recipe(root, recipe)
+    config = fresh_import(root, "FlashVTG.config")
+    ds_mod, model_mod = import_from(root, "FlashVTG.start_end_dataset", "FlashVTG.model")
+    opts = config.BaseOptions()
+    opts.initialize()
+    args = opts.parser.parse_args([str(root / "data" / "MR.py")] + FLASHVTG_ARGS[name])
+    args.v_feat_dim += 2                                 # tef, as BaseOptions.parse adds
+    args.device = torch.device("cpu")
+    args.cfg = nncore.Config.from_file(str(root / "data" / "MR.py"))
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    model, criterion = model_mod.build_model1(args)
+    model.train()
+    criterion.train()
+
+    recs = load(data / FILES[name])[:BATCH]
+    ds = ds_mod.StartEndDataset.__new__(ds_mod.StartEndDataset)
+    ds.dset_name, ds.data_path, ds.data = args.dset_name, str(data / FILES[name]), recs
+    ds.use_glove, ds.use_video, ds.use_tef, ds.load_labels = False, True, True, True
+    ds.max_v_l = args.max_v_l if args.max_v_l > 0 else 10 ** 8
+    ds.max_q_l = args.max_q_l if args.max_q_l > 0 else 100
+    ds.clip_len, ds.max_windows = 2, 5
+    ds.span_loss_type, ds.txt_drop_ratio = "l1", 0
+    g = torch.Generator().manual_seed(0)
+    feats = {r["vid"]: torch.randn(num_clips(r), 2816, generator=g) for r in recs}
+    ds._get_query_feat_by_qid = lambda qid: torch.randn(12, 512, generator=g)
+    ds._get_video_feat_by_vid = lambda vid: feats[vid]
+    ds._preload_data()
+    batch = ds_mod.start_end_collate([ds[i] for i in range(len(recs))])
+    model_inputs, targets = ds_mod.prepare_batch_inputs(batch[1], args.device)
+    targets["label"] = batch[0]
+    targets["fps"] = torch.full((256,), 1 / args.clip_length)
+    outputs = model(**model_inputs, targets=targets)
+    criterion(batch, outputs, targets)
+    loss_dict = {k: v for k, v in outputs.items() if "loss" in k}
+    weight_dict = criterion.weight_dict
+    adapter = flashvtg_inputs(outputs, targets, clip_len=args.clip_length)
+    msk = outputs["video_msk"]
+    pre, post = outputs["video_emb_pre_relu"], outputs["video_emb"]
+    valid = msk.bool()
+    return dict(
+        baseline="FlashVTG", commit=commit, data=FILES[name], recipe=FLASHVTG_RECIPE,
+        qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
+        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
+        baseline_losses={k: float(v.detach()) for k, v in loss_dict.items()},
+        weights={k: float(v) for k, v in weight_dict.items()},
+        span_loss=dict(name="loss_reg", what="L1 of out_coord against (p - st, ed - p) / "
+                       "stride on the regressed points, every level",
+                       value=float(loss_dict["loss_reg"].detach())),
+        video_emb=dict(
+            zero_fraction_video_emb=float((post[valid] == 0).float().mean()),
+            zero_fraction_pre_relu=float((pre[valid] == 0).float().mean()),
+            min_cosine_video_emb=float(torch.nn.functional.normalize(post[0][valid[0]], dim=-1)
+                                       .matmul(torch.nn.functional.normalize(
+                                           post[0][valid[0]], dim=-1).T).min()),
+            equals_relu_of_pre=bool(torch.equal(post, pre.relu()))),
+        own_foreground=[torch.nonzero(torch.as_tensor(x) > 0).flatten().tolist()
+                        for x in targets["saliency_all_labels"]],
+        tensors=dict(out_coord=tensor_list(outputs["out_coord"].detach()),
+                     point=tensor_list(outputs["point"]), video_msk=tensor_list(msk.float())),
+        meta=[{k: r[k] for k in ("relevant_windows", "duration", "relevant_clip_ids") if k in r}
+              for r in recs],
+        ours=dict(labels=adapter["labels"].tolist(),
+                  positives=int(adapter["span_mask"].sum()),
+                  positives_stride1=int(adapter["span_mask"][:, :msk.shape[1]].sum()),
+                  loss_aux=ours(adapter, AUX_BETAS), unit="fraction of the video",
+                  aux_clips_stride1=float(ck.boundary_aux_loss(
+                      adapter["pred_spans"][:, :msk.shape[1]].detach()
+                      * torch.tensor(valid.sum(1), dtype=torch.float32)[:, None, None],
+                      adapter["target_spans"][:, :msk.shape[1]]
+                      * torch.tensor(valid.sum(1), dtype=torch.float32)[:, None, None],
+                      mask=adapter["span_mask"][:, :msk.shape[1]], beta=1.0))),
+    )
 
 
 def digest_strings(items: Sequence[Tuple[object, Sequence[str]]]) -> str:
@@ -454,11 +588,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.univtg is not None:
         batch = univtg_model(args.univtg.resolve(), args.data, git_commit(args.univtg))
         (args.out / "baseline_univtg_batch.json").write_text(dump(batch))
+        print(f"UniVTG batch: losses {batch['baseline_losses']}", file=sys.stderr)
     if args.flashvtg is not None:
-        recs = flashvtg_targets(args.flashvtg.resolve(), args.data, git_commit(args.flashvtg))
+        commit = git_commit(args.flashvtg)
+        for name in ("qvhighlights", "tacos"):
+            batch = flashvtg_model(args.flashvtg.resolve(), args.data, commit, name)
+            (args.out / f"baseline_flashvtg_{name}_batch.json").write_text(dump(batch))
+            print(f"FlashVTG {name} batch: losses {batch['baseline_losses']}", file=sys.stderr)
+        recs = flashvtg_targets(args.flashvtg.resolve(), args.data, commit)
         (args.out / "baseline_flashvtg_targets.json").write_text(
             json.dumps(dict(records=recs), indent=1) + "\n")
-        print(f"UniVTG batch: losses {batch['baseline_losses']}", file=sys.stderr)
     target = args.out / "baseline_foreground.json"
     doc = dict(about="Each baseline's own foreground per query, recorded from its code by "
                      "scripts/record_baselines.py; compared by "

@@ -123,3 +123,53 @@ def test_flashvtg_adapter_regresses_the_points_flashvtg_regresses(rec):
         assert qid == want_qid and got == want, qid
     assert sum(len(c) for _, c in items) == rec["positives"]
     assert script.digest_strings(items) == rec["sha256"]
+
+
+# --------------------------------------------------------------------------------------------
+# FlashVTG: one batch per data set from its own code
+# --------------------------------------------------------------------------------------------
+
+FLASHVTG_BATCHES = ("qvhighlights", "tacos")
+
+
+def _flashvtg_dicts(rec, D=8):
+    B = len(rec["qids"])
+    msk = torch.tensor(rec["tensors"]["video_msk"]).reshape(B, -1).int()
+    T = msk.shape[1]
+    coord = torch.tensor(rec["tensors"]["out_coord"]).reshape(B, -1, 2)
+    emb = torch.randn(B, T, D, generator=torch.Generator().manual_seed(0))
+    outputs = {"video_emb_pre_relu": emb, "video_emb": emb.relu(), "video_msk": msk,
+               "out_coord": coord, "point": torch.tensor(rec["tensors"]["point"])}
+    return outputs, {"label": rec["meta"], "fps": torch.full((256,), 0.5)}
+
+
+@pytest.mark.parametrize("name", FLASHVTG_BATCHES)
+def test_flashvtg_recorded_layout_and_rectified_video_emb(name):
+    rec = _load(f"flashvtg_{name}")
+    B, T = len(rec["qids"]), max(rec["num_clips"])
+    assert rec["shapes"]["video_emb_pre_relu"] == rec["shapes"]["video_emb"]
+    assert rec["shapes"]["video_emb"][:2] == [B, T]
+    assert rec["shapes"]["point"][1] == 4
+    assert rec["shapes"]["out_coord"] == [B, rec["shapes"]["point"][0], 2]
+    # FlashVTG's own video_emb is relu(tokens): half zeros, no negative cosine similarity
+    emb = rec["video_emb"]
+    assert emb["equals_relu_of_pre"] and emb["zero_fraction_pre_relu"] == 0.0
+    assert 0.4 < emb["zero_fraction_video_emb"] < 0.6 and emb["min_cosine_video_emb"] >= 0.0
+
+
+@pytest.mark.parametrize("name", FLASHVTG_BATCHES)
+def test_flashvtg_adapter_on_the_recorded_batch(name):
+    from cliptbp_kernels.adapters import flashvtg_inputs
+
+    rec = _load(f"flashvtg_{name}")
+    outputs, targets = _flashvtg_dicts(rec)
+    out = flashvtg_inputs(outputs, targets, clip_len=2.0)
+    assert out["labels"].tolist() == rec["ours"]["labels"]
+    # the labels' foreground is FlashVTG's own (saliency_all_labels > 0)
+    fg = [torch.nonzero(row >= 1).flatten().tolist() for row in out["labels"]]
+    assert fg == rec["own_foreground"]
+    assert int(out["span_mask"].sum()) == rec["ours"]["positives"]
+    for beta, value in rec["ours"]["loss_aux"].items():
+        got = ck.boundary_aux_loss(out["pred_spans"], out["target_spans"],
+                                   mask=out["span_mask"], beta=float(beta))
+        assert float(got) == pytest.approx(value, rel=1e-4, abs=1e-6), beta
