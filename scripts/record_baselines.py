@@ -10,16 +10,17 @@ imports it from the checkouts.
 
     .venv/bin/python scripts/record_baselines.py \\
         --univtg ../UniVTG --flashvtg ../FlashVTG --lighthouse ../lighthouse \\
-        [--data ../shared/data] [--deps /path/to/extra/site-packages] [--out tests/fixtures]
+        --video-mamba-suite ../video-mamba-suite [--data ../shared/data] \\
+        [--deps /path/to/extra/site-packages] [--out tests/fixtures]
 
-Commits: UniVTG 32659ac, FlashVTG 25b9591, lighthouse d095eaa (checked, a mismatch is an
-error unless ``--any-commit``). Dependencies beyond this project's: ``h5py``, ``nncore`` and
-``pandas`` (UniVTG's ``main/dataset.py`` and ``utils/basic_utils.py`` import them at module
-level); install them anywhere and pass that folder with ``--deps`` (``pip install --target
-DIR h5py nncore pandas``, then remove the numpy it brings along if it differs from the
-project's). Modules that a baseline imports but whose
-code the recorded functions never call (``torchtext`` in FlashVTG) are replaced by empty
-stand-ins.
+Commits: UniVTG 32659ac, FlashVTG 25b9591, lighthouse d095eaa, Video Mamba Suite ec9108b
+(checked, a mismatch is an error unless ``--any-commit``). Dependencies beyond this project's:
+``h5py``, ``nncore``, ``pandas``, ``scipy`` and ``einops`` (imported at module level by the
+baselines' data set, model and matcher files); install them anywhere and pass that folder
+with ``--deps`` (``pip install --target DIR h5py nncore pandas scipy einops``, then remove the
+numpy it brings along if it differs from the project's). Modules that a baseline imports but
+whose code the recorded functions never call (``torchtext``, ``timm``, ``mmengine``) are
+replaced by stand-ins.
 
 Each baseline's foreground, per query, with ``n = ceil(duration / 2)`` clips of 2 s (the
 features these data sets ship with):
@@ -47,6 +48,12 @@ training step, the recipe's two lines applied; recorded: shapes, its losses, the
 ``video_emb`` against the exported pre-ReLU tokens, its own foreground
 (``saliency_all_labels``), the tensors ``flashvtg_inputs`` reads, and its results.
 
+Video Mamba Suite (``tests/fixtures/baseline_vms_batch.json``): its own data set code and the
+criterion of its ``build_model`` on the same 4 QVHighlights queries; its Mamba model needs
+``mamba_ssm``'s CUDA kernels and never runs (a stand-in replaces the model class; the outputs
+the criterion reads are drawn at random in the layout of ``model/univtg_mamba.py``). Needs
+``einops``; ``timm`` and ``mmengine`` are replaced by stand-ins.
+
 And FlashVTG's regression targets (``tests/fixtures/baseline_flashvtg_targets.json``): for
 every query of QVHighlights val and TACoS val, the points that FlashVTG's own
 ``BundleLoss.get_target_single`` regresses over its own ``PointGenerator``'s points (strides
@@ -69,7 +76,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_LEN = 2.0
-COMMITS = {"univtg": "32659ac", "flashvtg": "25b9591", "lighthouse": "d095eaa"}
+COMMITS = {"univtg": "32659ac", "flashvtg": "25b9591", "lighthouse": "d095eaa",
+           "video_mamba_suite": "ec9108b"}
+VMS_ROOT = "video-mamba-suite/video-temporal-grounding"   # UniVTG's layout inside the suite
 FILES = {"qvhighlights": "qvhighlights/highlight_val_release.jsonl", "tacos": "tacos/val.jsonl"}
 FIRST = 5  # queries per record written out in full (for a readable failure)
 
@@ -120,14 +129,17 @@ def check_commit(name: str, path: Path, any_commit: bool) -> str:
     return commit
 
 
-def stub_modules(names: Sequence[str]) -> None:
-    """Empty stand-ins for modules the recorded functions never use."""
+def stub_modules(names: Sequence[str], **attrs) -> None:
+    """Empty stand-ins for modules the recorded functions never use (``attrs``: names they
+    import from them)."""
     for name in names:
         try:
             importlib.import_module(name)
         except ImportError:
             mod = types.ModuleType(name)
             mod.vocab = types.SimpleNamespace()
+            for k, v in attrs.items():
+                setattr(mod, k, v)
             sys.modules[name] = mod
 
 
@@ -158,13 +170,18 @@ def import_from(root: Path, *names: str) -> list:
 # UniVTG
 # --------------------------------------------------------------------------------------------
 
-def univtg(path: Path, data: Path, commit: str) -> List[dict]:
+def univtg(path: Path, data: Path, commit: str, baseline: str = "UniVTG") -> List[dict]:
+    """UniVTG's ``timestamp_window`` (Video Mamba Suite: the same data set code in
+    ``video-mamba-suite/video-temporal-grounding``)."""
     import torch
 
+    stub_modules(["mmengine"])       # Video Mamba Suite's feature reader, not called here
     ds_mod = fresh_import(path, "main.dataset")
     out = []
     for name, dset in (("qvhighlights", "qvhighlights"), ("tacos", "tacos")):
         recs = load(data / FILES[name])
+        for r in recs:
+            r["dset_name"] = dset    # Video Mamba Suite's load_data adds it to each record
         ds = ds_mod.DatasetMR.__new__(ds_mod.DatasetMR)
         ds.dset_name = dset
         ds.data_path = str(data / FILES[name])
@@ -179,9 +196,9 @@ def univtg(path: Path, data: Path, commit: str) -> List[dict]:
             n_of["n"] = num_clips(rec)
             fg = ds[i]["model_inputs"]["timestamp_window"]
             items.append((rec["qid"], torch.nonzero(fg).flatten().tolist()))
-        out.append(record("UniVTG", commit, "main/dataset.py DatasetMR.__getitem__ "
+        out.append(record(baseline, commit, "main/dataset.py DatasetMR.__getitem__ "
                           "timestamp_window", FILES[name], "univtg", "fixed", items))
-        print(f"UniVTG {name}: {len(items)} queries", file=sys.stderr)
+        print(f"{baseline} {name}: {len(items)} queries", file=sys.stderr)
     return out
 
 
@@ -303,6 +320,79 @@ def univtg_model(path: Path, data: Path, commit: str) -> dict:
         emb=dict(key="vid_mem", shape=list(outputs["vid_mem"].shape),
                  differs_from_vid_mem_proj=bool(
                      not torch.equal(outputs["vid_mem"], outputs["vid_mem_proj"]))),
+        ours=dict(labels=adapter["labels"].tolist(), loss_aux=ours(adapter, AUX_BETAS),
+                  unit="fraction of the video"),
+    )
+
+
+def vms_criterion(path: Path, data: Path, commit: str) -> dict:
+    """Video Mamba Suite: its own ``DatasetMR``, collate, ``prepare_batch_inputs_mr`` and the
+    criterion its ``build_model`` constructs, on the first 4 queries of QVHighlights val. Its
+    model needs ``mamba_ssm``'s CUDA kernels and does not run here: ``build_model``'s model
+    class is replaced by a stand-in, and the outputs the criterion reads are drawn at random
+    (seed 0) in the layout of ``model/univtg_mamba.py`` (``sigmoid(.) * (-1, 1)`` spans)."""
+    import random
+
+    import torch
+
+    from cliptbp_kernels.adapters import univtg_inputs
+
+    root = path / VMS_ROOT
+    stub_modules(["mmengine"])
+    stub_modules(["timm", "timm.models", "timm.models.layers"], DropPath=torch.nn.Identity)
+    config = fresh_import(root, "main.config")
+    ds_mod = importlib.import_module("main.dataset")
+    (model_mod,) = import_from(root, "model.univtg_mamba")
+    model_mod.Model = lambda *a, **k: None          # the Mamba model: not built, never run
+    opts = config.BaseOptions()
+    opts.initialize()
+    v_dim, t_dim = 2816, 512
+    args = opts.parser.parse_args([
+        "--dset_type", "mr", "--dset_name", "qvhighlights", "--clip_length", "2",
+        "--train_path", str(data / FILES["qvhighlights"]), "--v_feat_dim", str(v_dim + 2),
+        "--t_feat_dim", str(t_dim)])
+    args.device = torch.device("cpu")
+    _, criterion = model_mod.build_model(args)
+    criterion.train()
+    recs = load(data / FILES["qvhighlights"])[:BATCH]
+    for r in recs:
+        r["dset_name"] = "qvhighlights"
+    ds = ds_mod.DatasetMR.__new__(ds_mod.DatasetMR)
+    ds.dset_name, ds.data_path, ds.data = "qvhighlights", str(data / FILES["qvhighlights"]), recs
+    ds.use_video, ds.use_tef, ds.load_labels = True, True, True
+    ds.clip_len, ds.max_v_l, ds.max_windows, ds.span_loss_type = 2.0, args.max_v_l, 5, "l1"
+    ds.add_easy_negative, ds.easy_negative_only = 1, 1
+    g = torch.Generator().manual_seed(0)
+    feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in recs}
+    ds._get_query_feat_by_qid = lambda meta: torch.randn(12, t_dim, generator=g)
+    ds._get_video_feat_by_vid = lambda meta: feats[meta["vid"] if isinstance(meta, dict) else meta]
+    random.seed(0)
+    batch = ds_mod.start_end_collate_mr([ds[i] for i in range(len(recs))])
+    _, targets = ds_mod.prepare_batch_inputs_mr(batch[1], "cpu")
+    B, T = targets["timestamp_mask"].shape
+    D = 1024
+    outputs = dict(
+        pred_logits=torch.randn(B, T, 1, generator=g).sigmoid(),
+        pred_spans=torch.randn(B, T, 2, generator=g).sigmoid() * torch.tensor([-1.0, 1.0]),
+        src_vid_mask=targets["timestamp_mask"], saliency_scores=torch.randn(B, T, generator=g),
+        vid_mem=torch.randn(B, T, D, generator=g), vid_mem_proj=torch.randn(B, T, D, generator=g),
+        txt_mem_proj=torch.randn(B, 1, D, generator=g))
+    loss_dict = criterion(outputs, targets)
+    adapter = univtg_inputs(outputs, targets)
+    return dict(
+        baseline="Video Mamba Suite", commit=commit, data=FILES["qvhighlights"],
+        model="not run: needs mamba_ssm's CUDA kernels; outputs drawn at random in its layout",
+        qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
+        target_shapes={k: list(v.shape) for k, v in targets.items() if hasattr(v, "shape")},
+        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
+                         for k, v in loss_dict.items()},
+        weights={k: float(v) for k, v in criterion.weight_dict.items()},
+        tensors=dict(
+            timestamp=tensor_list(targets["timestamp"][..., 0]),
+            timestamp_mask=tensor_list(targets["timestamp_mask"]),
+            timestamp_window=tensor_list(targets["timestamp_window"]),
+            span_labels_nn=tensor_list(targets["span_labels_nn"]),
+            pred_spans=tensor_list(outputs["pred_spans"])),
         ours=dict(labels=adapter["labels"].tolist(), loss_aux=ours(adapter, AUX_BETAS),
                   unit="fraction of the video"),
     )
@@ -562,6 +652,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--univtg", type=Path, help="checkout of showlab/UniVTG")
     p.add_argument("--flashvtg", type=Path, help="checkout of Zhuo-Cao/FlashVTG")
     p.add_argument("--lighthouse", type=Path, help="checkout of line/lighthouse")
+    p.add_argument("--video-mamba-suite", dest="video_mamba_suite", type=Path,
+                   help="checkout of OpenGVLab/video-mamba-suite")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--deps", type=Path, default=None,
                    help="folder with h5py, nncore and pandas (appended to sys.path)")
@@ -574,8 +666,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not (args.data / name).is_file():
             raise SystemExit(f"--data {args.data}: {name} not found")
     records: List[dict] = []
-    steps: Dict[str, Callable] = {"univtg": univtg, "flashvtg": flashvtg,
-                                  "lighthouse": lighthouse}
+    steps: Dict[str, Callable] = {
+        "univtg": univtg, "flashvtg": flashvtg, "lighthouse": lighthouse,
+        "video_mamba_suite": lambda p, d, c: univtg(p / VMS_ROOT, d, c, "Video Mamba Suite")}
     for name, fn in steps.items():
         path = getattr(args, name)
         if path is None:
@@ -583,12 +676,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             continue
         records += fn(path.resolve(), args.data, check_commit(name, path, args.any_commit))
     if not records:
-        raise SystemExit("no baseline checkout given (--univtg, --flashvtg, --lighthouse)")
+        raise SystemExit("no baseline checkout given (--univtg, --flashvtg, --lighthouse, "
+                         "--video-mamba-suite)")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.univtg is not None:
         batch = univtg_model(args.univtg.resolve(), args.data, git_commit(args.univtg))
         (args.out / "baseline_univtg_batch.json").write_text(dump(batch))
         print(f"UniVTG batch: losses {batch['baseline_losses']}", file=sys.stderr)
+    if args.video_mamba_suite is not None:
+        batch = vms_criterion(args.video_mamba_suite.resolve(), args.data,
+                              git_commit(args.video_mamba_suite))
+        (args.out / "baseline_vms_batch.json").write_text(dump(batch))
+        print(f"Video Mamba Suite batch: losses {batch['baseline_losses']}", file=sys.stderr)
     if args.flashvtg is not None:
         commit = git_commit(args.flashvtg)
         for name in ("qvhighlights", "tacos"):

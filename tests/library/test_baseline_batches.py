@@ -53,8 +53,10 @@ def test_univtg_layout_is_the_recorded_one():
         assert rec["target_shapes"][key] == [B, T]
 
 
-def test_univtg_adapter_on_the_recorded_batch():
-    rec = _load("univtg")
+@pytest.mark.parametrize("name", ["univtg", "vms"])
+def test_univtg_adapter_on_the_recorded_batch(name):
+    """UniVTG, and Video Mamba Suite (its data set code and criterion; its model never ran)."""
+    rec = _load(name)
     outputs, targets = _univtg_dicts(rec)
     out = univtg_inputs(outputs, targets)
     # the labels' foreground is UniVTG's own timestamp_window, as recorded
@@ -68,10 +70,11 @@ def test_univtg_adapter_on_the_recorded_batch():
         assert float(got) == pytest.approx(value, rel=1e-4, abs=1e-6), beta
 
 
-def test_univtg_aux_term_on_the_scale_of_its_own_span_loss():
+@pytest.mark.parametrize("name", ["univtg", "vms"])
+def test_univtg_aux_term_on_the_scale_of_its_own_span_loss(name):
     """At initialisation the recipe's L_b_aux is within 10x of UniVTG's own span regression
     as it enters its total loss (loss_b times its weight b_loss_coef)."""
-    rec = _load("univtg")
+    rec = _load(name)
     own = rec["baseline_losses"]["loss_b"] * rec["weights"]["loss_b"]
     ours = rec["ours"]["loss_aux"][str(RECIPE_AUX_BETA)]
     assert own / 10 <= ours <= own * 10, (ours, own)

@@ -30,6 +30,9 @@ def test_fixture_covers_every_baseline_rule():
     assert ("FlashVTG", "tacos/val.jsonl", "floor", "duration/n") in seen
     assert ("lighthouse", "tacos/val.jsonl", "floor", "fixed") in seen
     assert ("lighthouse", "tacos/val.jsonl", "floor", "duration/n") in seen
+    assert ("Video Mamba Suite", "qvhighlights/highlight_val_release.jsonl", "univtg",
+            "fixed") in seen
+    assert ("Video Mamba Suite", "tacos/val.jsonl", "univtg", "fixed") in seen
     for r in RECORDS:
         assert r["rule"] in LABEL_RULES
         assert r["queries"] > 1000 and r["foreground_clips"] >= r["queries"]
