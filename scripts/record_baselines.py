@@ -10,17 +10,19 @@ imports it from the checkouts.
 
     .venv/bin/python scripts/record_baselines.py \\
         --univtg ../UniVTG --flashvtg ../FlashVTG --lighthouse ../lighthouse \\
-        --video-mamba-suite ../video-mamba-suite [--data ../shared/data] \\
+        --video-mamba-suite ../video-mamba-suite --moment-detr ../moment_detr \\
+        [--data ../shared/data] \\
         [--deps /path/to/extra/site-packages] [--out tests/fixtures]
 
-Commits: UniVTG 32659ac, FlashVTG 25b9591, lighthouse d095eaa, Video Mamba Suite ec9108b
-(checked, a mismatch is an error unless ``--any-commit``). Dependencies beyond this project's:
-``h5py``, ``nncore``, ``pandas``, ``scipy`` and ``einops`` (imported at module level by the
-baselines' data set, model and matcher files); install them anywhere and pass that folder
-with ``--deps`` (``pip install --target DIR h5py nncore pandas scipy einops``, then remove the
-numpy it brings along if it differs from the project's). Modules that a baseline imports but
-whose code the recorded functions never call (``torchtext``, ``timm``, ``mmengine``) are
-replaced by stand-ins.
+Commits: UniVTG 32659ac, FlashVTG 25b9591, lighthouse d095eaa, Video Mamba Suite ec9108b,
+Moment-DETR b7e553a (checked, a mismatch is an error unless ``--any-commit``).
+
+Dependencies beyond this project's: ``h5py``, ``nncore``, ``pandas``, ``scipy`` and
+``einops`` (imported at module level by the baselines' data set, model and matcher files).
+Install them anywhere and pass that folder with ``--deps`` (``pip install --target DIR h5py
+nncore pandas scipy einops``, then remove the numpy it brings along if it differs from the
+project's). Modules that a baseline imports but whose code the recorded functions never call
+(``torchtext``, ``timm``, ``mmengine``) are replaced by stand-ins.
 
 Each baseline's foreground, per query, with ``n = ceil(duration / 2)`` clips of 2 s (the
 features these data sets ship with):
@@ -47,6 +49,10 @@ options of its own training script for the data set (``nncore`` config ``data/MR
 training step, the recipe's two lines applied; recorded: shapes, its losses, the rectified
 ``video_emb`` against the exported pre-ReLU tokens, its own foreground
 (``saliency_all_labels``), the tensors ``flashvtg_inputs`` reads, and its results.
+
+Moment-DETR the same way (``tests/fixtures/baseline_moment_detr_batch.json``, its recipe line
+at ``moment_detr/model.py:116``): its losses, the matcher's pairs, and ``L_b_aux`` of the
+matched spans through ``detr_matched_spans``.
 
 Video Mamba Suite (``tests/fixtures/baseline_vms_batch.json``): its own data set code and the
 criterion of its ``build_model`` on the same 4 QVHighlights queries; its Mamba model needs
@@ -77,7 +83,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_LEN = 2.0
 COMMITS = {"univtg": "32659ac", "flashvtg": "25b9591", "lighthouse": "d095eaa",
-           "video_mamba_suite": "ec9108b"}
+           "video_mamba_suite": "ec9108b", "moment_detr": "b7e553a"}
 VMS_ROOT = "video-mamba-suite/video-temporal-grounding"   # UniVTG's layout inside the suite
 FILES = {"qvhighlights": "qvhighlights/highlight_val_release.jsonl", "tacos": "tacos/val.jsonl"}
 FIRST = 5  # queries per record written out in full (for a readable failure)
@@ -256,6 +262,23 @@ def ours(adapter_out: dict, betas: Sequence[float]) -> Dict[str, float]:
     return res
 
 
+def build_baseline(config, build_model: Callable, argv: Sequence[str]):
+    """(options, model, criterion): the baseline's own option parser with its defaults plus
+    ``argv``, on the CPU, its ``build_model`` after ``torch.manual_seed(0)``, training mode."""
+    import torch
+
+    opts = config.BaseOptions()
+    opts.initialize()
+    args = opts.parser.parse_args(list(argv))
+    args.device = torch.device("cpu")
+    torch.manual_seed(0)
+    model, criterion = build_model(args)
+    if model is not None:
+        model.train()
+    criterion.train()
+    return args, model, criterion
+
+
 def univtg_model(path: Path, data: Path, commit: str) -> dict:
     import torch
 
@@ -266,18 +289,11 @@ def univtg_model(path: Path, data: Path, commit: str) -> dict:
     config = fresh_import(root, "main.config")
     ds_mod = fresh_import(root, "main.dataset")
     (model_mod,) = import_from(root, "model.univtg")
-    opts = config.BaseOptions()
-    opts.initialize()
     v_dim, t_dim = 2816, 512            # SlowFast + CLIP video, CLIP text (QVHighlights)
-    args = opts.parser.parse_args([
+    args, model, criterion = build_baseline(config, model_mod.build_model, [
         "--dset_type", "mr", "--dset_name", "qvhighlights", "--clip_length", "2",
         "--train_path", str(data / FILES["qvhighlights"]), "--v_feat_dim", str(v_dim + 2),
         "--t_feat_dim", str(t_dim)])
-    args.device = torch.device("cpu")
-    torch.manual_seed(0)
-    model, criterion = model_mod.build_model(args)
-    model.train()
-    criterion.train()
 
     recs = [r for r in load(data / FILES["qvhighlights"])][:BATCH]
     ds = ds_mod.DatasetMR.__new__(ds_mod.DatasetMR)
@@ -325,6 +341,70 @@ def univtg_model(path: Path, data: Path, commit: str) -> dict:
     )
 
 
+MOMENT_DETR_RECIPE = dict(file="moment_detr/model.py", after_line=116,
+                          anchor="vid_mem = memory[:, :src_vid.shape[1]]",
+                          add='        out["vid_mem"] = vid_mem')
+
+
+def moment_detr_model(path: Path, data: Path, commit: str) -> dict:
+    """Moment-DETR's own ``StartEndDataset``, ``start_end_collate``, ``prepare_batch_inputs``,
+    model and criterion (``build_model``, its default options, seed 0) at initialisation on
+    the first 4 queries of QVHighlights val with random features, the recipe's line applied;
+    then the recipe: ``inputs_from_windows`` on ``outputs["vid_mem"]`` and the matcher's
+    pairs through ``detr_matched_spans``."""
+    import random
+
+    import torch
+
+    from cliptbp_kernels.adapters import detr_matched_spans, inputs_from_windows
+
+    root = copy_checkout(path)
+    apply_recipe(root, MOMENT_DETR_RECIPE)
+    config = fresh_import(root, "moment_detr.config")
+    ds_mod, model_mod = import_from(root, "moment_detr.start_end_dataset", "moment_detr.model")
+    v_dim, t_dim = 2816, 512
+    args, model, criterion = build_baseline(config, model_mod.build_model, [
+        "--dset_name", "hl", "--v_feat_dim", str(v_dim + 2), "--t_feat_dim", str(t_dim)])
+    recs = load(data / FILES["qvhighlights"])[:BATCH]
+    ds = ds_mod.StartEndDataset.__new__(ds_mod.StartEndDataset)
+    ds.dset_name, ds.data_path, ds.data = "hl", str(data / FILES["qvhighlights"]), recs
+    ds.use_video, ds.use_tef, ds.load_labels = True, True, True
+    ds.max_v_l, ds.max_q_l, ds.clip_len, ds.max_windows = args.max_v_l, args.max_q_l, 2, 5
+    ds.span_loss_type, ds.txt_drop_ratio = "l1", 0
+    g = torch.Generator().manual_seed(0)
+    feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in recs}
+    ds._get_query_feat_by_qid = lambda qid: torch.randn(12, t_dim, generator=g)
+    ds._get_video_feat_by_vid = lambda vid: feats[vid]
+    random.seed(0)
+    batch = ds_mod.start_end_collate([ds[i] for i in range(len(recs))])
+    model_inputs, targets = ds_mod.prepare_batch_inputs(batch[1], args.device)
+    outputs = model(**model_inputs)
+    loss_dict = criterion(outputs, targets)
+    windows = [m["relevant_windows"] for m in batch[0]]
+    ck_in = inputs_from_windows(outputs["vid_mem"], model_inputs["src_vid_mask"], windows,
+                                clip_len=args.clip_length)
+    indices = criterion.matcher({k: v for k, v in outputs.items() if k != "aux_outputs"},
+                                targets)
+    pred, tgt = detr_matched_spans(outputs["pred_spans"], targets["span_labels"], indices)
+    adapter = dict(pred_spans=pred, target_spans=tgt, span_mask=None)
+    return dict(
+        baseline="Moment-DETR", commit=commit, data=FILES["qvhighlights"],
+        recipe=MOMENT_DETR_RECIPE, qids=[r["qid"] for r in recs],
+        num_clips=[num_clips(r) for r in recs],
+        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
+        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
+                         for k, v in loss_dict.items() if "_" in k and not k[-1].isdigit()},
+        weights={k: float(v) for k, v in criterion.weight_dict.items() if not k[-1].isdigit()},
+        tensors=dict(pred_spans=tensor_list(outputs["pred_spans"].detach()),
+                     span_labels=[tensor_list(t["spans"]) for t in targets["span_labels"]],
+                     indices=[[q.tolist(), t.tolist()] for q, t in indices],
+                     src_vid_mask=tensor_list(model_inputs["src_vid_mask"])),
+        meta=[{"relevant_windows": r["relevant_windows"]} for r in recs],
+        ours=dict(labels=ck_in["labels"].tolist(), loss_aux=ours(adapter, AUX_BETAS),
+                  unit="fraction of the video", matched=int(pred.shape[0])),
+    )
+
+
 def vms_criterion(path: Path, data: Path, commit: str) -> dict:
     """Video Mamba Suite: its own ``DatasetMR``, collate, ``prepare_batch_inputs_mr`` and the
     criterion its ``build_model`` constructs, on the first 4 queries of QVHighlights val. Its
@@ -344,16 +424,11 @@ def vms_criterion(path: Path, data: Path, commit: str) -> dict:
     ds_mod = importlib.import_module("main.dataset")
     (model_mod,) = import_from(root, "model.univtg_mamba")
     model_mod.Model = lambda *a, **k: None          # the Mamba model: not built, never run
-    opts = config.BaseOptions()
-    opts.initialize()
     v_dim, t_dim = 2816, 512
-    args = opts.parser.parse_args([
+    args, _, criterion = build_baseline(config, model_mod.build_model, [
         "--dset_type", "mr", "--dset_name", "qvhighlights", "--clip_length", "2",
         "--train_path", str(data / FILES["qvhighlights"]), "--v_feat_dim", str(v_dim + 2),
         "--t_feat_dim", str(t_dim)])
-    args.device = torch.device("cpu")
-    _, criterion = model_mod.build_model(args)
-    criterion.train()
     recs = load(data / FILES["qvhighlights"])[:BATCH]
     for r in recs:
         r["dset_name"] = "qvhighlights"
@@ -654,6 +729,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--lighthouse", type=Path, help="checkout of line/lighthouse")
     p.add_argument("--video-mamba-suite", dest="video_mamba_suite", type=Path,
                    help="checkout of OpenGVLab/video-mamba-suite")
+    p.add_argument("--moment-detr", dest="moment_detr", type=Path,
+                   help="checkout of jayleicn/moment_detr")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--deps", type=Path, default=None,
                    help="folder with h5py, nncore and pandas (appended to sys.path)")
@@ -683,6 +760,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         batch = univtg_model(args.univtg.resolve(), args.data, git_commit(args.univtg))
         (args.out / "baseline_univtg_batch.json").write_text(dump(batch))
         print(f"UniVTG batch: losses {batch['baseline_losses']}", file=sys.stderr)
+    if args.moment_detr is not None:
+        check_commit("moment_detr", args.moment_detr, args.any_commit)
+        batch = moment_detr_model(args.moment_detr.resolve(), args.data,
+                                  git_commit(args.moment_detr))
+        (args.out / "baseline_moment_detr_batch.json").write_text(dump(batch))
+        print(f"Moment-DETR batch: losses {batch['baseline_losses']}", file=sys.stderr)
     if args.video_mamba_suite is not None:
         batch = vms_criterion(args.video_mamba_suite.resolve(), args.data,
                               git_commit(args.video_mamba_suite))

@@ -176,3 +176,33 @@ def test_flashvtg_adapter_on_the_recorded_batch(name):
         got = ck.boundary_aux_loss(out["pred_spans"], out["target_spans"],
                                    mask=out["span_mask"], beta=float(beta))
         assert float(got) == pytest.approx(value, rel=1e-4, abs=1e-6), beta
+
+
+# --------------------------------------------------------------------------------------------
+# Moment-DETR: queries, the matcher's pairs
+# --------------------------------------------------------------------------------------------
+
+def test_moment_detr_recipe_on_the_recorded_batch():
+    from cliptbp_kernels.adapters import detr_matched_spans, inputs_from_windows
+
+    rec = _load("moment_detr")
+    B = len(rec["qids"])
+    T = max(rec["num_clips"])
+    assert rec["shapes"]["vid_mem"][:2] == [B, T]          # the recipe's line exports it
+    t = rec["tensors"]
+    pred = torch.tensor(t["pred_spans"]).reshape(B, -1, 2)
+    labels = [{"spans": torch.tensor(s).reshape(-1, 2)} for s in t["span_labels"]]
+    indices = [(torch.tensor(q), torch.tensor(k)) for q, k in t["indices"]]
+    p, tg = detr_matched_spans(pred, labels, indices)
+    assert p.shape[0] == rec["ours"]["matched"]
+    for beta, value in rec["ours"]["loss_aux"].items():
+        got = ck.boundary_aux_loss(p, tg, beta=float(beta))
+        assert float(got) == pytest.approx(value, rel=1e-4, abs=1e-6), beta
+    mask = torch.tensor(t["src_vid_mask"]).reshape(B, T)
+    emb = torch.randn(B, T, 8, generator=torch.Generator().manual_seed(0))
+    ck_in = inputs_from_windows(emb, mask, [m["relevant_windows"] for m in rec["meta"]], 2.0)
+    assert ck_in["labels"].tolist() == rec["ours"]["labels"]
+    # the recipe's L_b_aux within 10x of Moment-DETR's span loss as it enters its total
+    own = rec["baseline_losses"]["loss_span"] * rec["weights"]["loss_span"]
+    ours = rec["ours"]["loss_aux"][str(RECIPE_AUX_BETA)]
+    assert own / 10 <= ours <= own * 10, (ours, own)
