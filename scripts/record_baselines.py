@@ -22,7 +22,8 @@ Dependencies beyond this project's: ``h5py``, ``nncore``, ``pandas``, ``scipy`` 
 Install them anywhere and pass that folder with ``--deps`` (``pip install --target DIR h5py
 nncore pandas scipy einops``, then remove the numpy it brings along if it differs from the
 project's). Modules that a baseline imports but whose code the recorded functions never call
-(``torchtext``, ``timm``, ``mmengine``) are replaced by stand-ins.
+(``torchtext``, ``timm``, ``mmengine``, ``sklearn``) are replaced by stand-ins. lighthouse
+needs ``pyyaml`` and ``easydict``.
 
 Each baseline's foreground, per query, with ``n = ceil(duration / 2)`` clips of 2 s (the
 features these data sets ship with):
@@ -53,6 +54,10 @@ training step, the recipe's two lines applied; recorded: shapes, its losses, the
 Moment-DETR the same way (``tests/fixtures/baseline_moment_detr_batch.json``, its recipe line
 at ``moment_detr/model.py:116``): its losses, the matcher's pairs, and ``L_b_aux`` of the
 matched spans through ``detr_matched_spans``.
+
+lighthouse's seven models (``tests/fixtures/baseline_lighthouse_<model>_batch.json``): its own
+options (``configs/``), data set classes, collate, ``build_model`` and the training step of
+``training/train.py``, the recipe's line added to every model file.
 
 Video Mamba Suite (``tests/fixtures/baseline_vms_batch.json``): its own data set code and the
 criterion of its ``build_model`` on the same 4 QVHighlights queries; its Mamba model needs
@@ -149,13 +154,17 @@ def stub_modules(names: Sequence[str], **attrs) -> None:
             sys.modules[name] = mod
 
 
+def forget(packages: Sequence[str]) -> None:
+    """Drop these top-level packages (and their submodules) from sys.modules."""
+    for name in list(sys.modules):
+        if name.split(".")[0] in packages:
+            del sys.modules[name]
+
+
 def fresh_import(root: Path, module: str):
     """Import `module` with `root` first on sys.path, forgetting other checkouts' packages of
     the same names (``utils`` exists in several baselines)."""
-    for name in list(sys.modules):
-        if name.split(".")[0] in ("utils", "main", "model", "FlashVTG", "training",
-                                  "lighthouse"):
-            del sys.modules[name]
+    forget(("utils", "main", "model", "FlashVTG", "training", "lighthouse"))
     sys.path.insert(0, str(root))
     try:
         return importlib.import_module(module)
@@ -163,13 +172,16 @@ def fresh_import(root: Path, module: str):
         sys.path.remove(str(root))
 
 
-def import_from(root: Path, *names: str) -> list:
-    """Import `names` with `root` first on sys.path (without forgetting anything)."""
-    sys.path.insert(0, str(root))
+def import_from(root, *names: str) -> list:
+    """Import `names` with `root` (a folder or a list of them) first on sys.path (without
+    forgetting anything)."""
+    roots = [str(r) for r in (root if isinstance(root, (list, tuple)) else [root])]
+    sys.path[:0] = roots
     try:
         return [importlib.import_module(n) for n in names]
     finally:
-        sys.path.remove(str(root))
+        for r in roots:
+            sys.path.remove(r)
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +358,35 @@ MOMENT_DETR_RECIPE = dict(file="moment_detr/model.py", after_line=116,
                           add='        out["vid_mem"] = vid_mem')
 
 
+def detr_record(outputs: dict, model_inputs: dict, targets: dict, meta: List[dict],
+                criterion, loss_dict: dict, clip_len: float) -> dict:
+    """The DETR-style recipe on one batch (``inputs_from_windows`` on ``outputs["vid_mem"]``,
+    the matcher's pairs through ``detr_matched_spans``) and what the tests need of it."""
+    from cliptbp_kernels.adapters import detr_matched_spans, inputs_from_windows
+
+    windows = [m["relevant_windows"] for m in meta]
+    ck_in = inputs_from_windows(outputs["vid_mem"], model_inputs["src_vid_mask"], windows,
+                                clip_len=clip_len)
+    indices = criterion.matcher({k: v for k, v in outputs.items() if k != "aux_outputs"},
+                                targets)
+    pred, tgt = detr_matched_spans(outputs["pred_spans"], targets["span_labels"], indices)
+    adapter = dict(pred_spans=pred, target_spans=tgt, span_mask=None)
+    return dict(
+        qids=[m["qid"] for m in meta], num_clips=[num_clips(m) for m in meta],
+        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
+        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
+                         for k, v in loss_dict.items() if not k[-1].isdigit()},
+        weights={k: float(v) for k, v in criterion.weight_dict.items() if not k[-1].isdigit()},
+        tensors=dict(pred_spans=tensor_list(outputs["pred_spans"].detach()),
+                     span_labels=[tensor_list(t["spans"]) for t in targets["span_labels"]],
+                     indices=[[q.tolist(), t.tolist()] for q, t in indices],
+                     src_vid_mask=tensor_list(model_inputs["src_vid_mask"])),
+        meta=[{"relevant_windows": w} for w in windows],
+        ours=dict(labels=ck_in["labels"].tolist(), loss_aux=ours(adapter, AUX_BETAS),
+                  unit="fraction of the video", matched=int(pred.shape[0])),
+    )
+
+
 def moment_detr_model(path: Path, data: Path, commit: str) -> dict:
     """Moment-DETR's own ``StartEndDataset``, ``start_end_collate``, ``prepare_batch_inputs``,
     model and criterion (``build_model``, its default options, seed 0) at initialisation on
@@ -356,7 +397,6 @@ def moment_detr_model(path: Path, data: Path, commit: str) -> dict:
 
     import torch
 
-    from cliptbp_kernels.adapters import detr_matched_spans, inputs_from_windows
 
     root = copy_checkout(path)
     apply_recipe(root, MOMENT_DETR_RECIPE)
@@ -380,29 +420,139 @@ def moment_detr_model(path: Path, data: Path, commit: str) -> dict:
     model_inputs, targets = ds_mod.prepare_batch_inputs(batch[1], args.device)
     outputs = model(**model_inputs)
     loss_dict = criterion(outputs, targets)
-    windows = [m["relevant_windows"] for m in batch[0]]
-    ck_in = inputs_from_windows(outputs["vid_mem"], model_inputs["src_vid_mask"], windows,
-                                clip_len=args.clip_length)
-    indices = criterion.matcher({k: v for k, v in outputs.items() if k != "aux_outputs"},
-                                targets)
-    pred, tgt = detr_matched_spans(outputs["pred_spans"], targets["span_labels"], indices)
-    adapter = dict(pred_spans=pred, target_spans=tgt, span_mask=None)
-    return dict(
-        baseline="Moment-DETR", commit=commit, data=FILES["qvhighlights"],
-        recipe=MOMENT_DETR_RECIPE, qids=[r["qid"] for r in recs],
-        num_clips=[num_clips(r) for r in recs],
-        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
-        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
-                         for k, v in loss_dict.items() if "_" in k and not k[-1].isdigit()},
-        weights={k: float(v) for k, v in criterion.weight_dict.items() if not k[-1].isdigit()},
-        tensors=dict(pred_spans=tensor_list(outputs["pred_spans"].detach()),
-                     span_labels=[tensor_list(t["spans"]) for t in targets["span_labels"]],
-                     indices=[[q.tolist(), t.tolist()] for q, t in indices],
-                     src_vid_mask=tensor_list(model_inputs["src_vid_mask"])),
-        meta=[{"relevant_windows": r["relevant_windows"]} for r in recs],
-        ours=dict(labels=ck_in["labels"].tolist(), loss_aux=ours(adapter, AUX_BETAS),
-                  unit="fraction of the video", matched=int(pred.shape[0])),
-    )
+    return dict(baseline="Moment-DETR", commit=commit, data=FILES["qvhighlights"],
+                recipe=MOMENT_DETR_RECIPE,
+                **detr_record(outputs, model_inputs, targets, batch[0], criterion, loss_dict,
+                              args.clip_length))
+
+
+# lighthouse: the seven moment-retrieval models and the line of each model file after which
+# the recipe adds `out["vid_mem"] = vid_mem` (the line `vid_mem = memory[:, :L_vid]`)
+LIGHTHOUSE_MODELS = {"moment_detr": 147, "qd_detr": 188, "eatr": 200, "cg_detr": 346,
+                     "tr_detr": 314, "uvcom": 212, "taskweave": 282}
+LIGHTHOUSE_CONFIG = {"taskweave": "taskweave_mr2hd"}     # configs/model/<name>.yml
+
+
+def lighthouse_models(path: Path, data: Path, commit: str) -> Dict[str, dict]:
+    """Each lighthouse model on the first 4 queries of QVHighlights val (features
+    ``clip_slowfast``, random values, seed 0): its own options (``training/config.py``,
+    ``configs/``), data set class, collate and batch function, ``build_model``, and the training
+    step of ``training/train.py`` (TaskWeave's uncertainty-weighted sum, TR-DETR's extra
+    losses), with the recipe's line applied; then the recipe (``inputs_from_windows`` on
+    ``outputs["vid_mem"]``, the matcher's pairs through ``detr_matched_spans``)."""
+    import os
+    import random
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    # imported by the evaluation code (training/evaluate.py) and by UVCOM's CIM.py, never
+    # called in a training step
+    stub_modules(["sklearn", "sklearn.metrics", "sklearn.cluster"],
+                 precision_recall_curve=None, KMeans=None)
+
+    def sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2.0, reduction="none"):
+        """Stand-in for torchvision.ops.sigmoid_focal_loss (RetinaNet's focal loss), which
+        TR-DETR's label loss calls: torchvision's wheels do not load with this torch."""
+        p = torch.sigmoid(inputs)
+        ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = ce * (1 - p_t) ** gamma
+        if alpha >= 0:
+            loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+        return {"none": loss, "mean": loss.mean(), "sum": loss.sum()}[reduction]
+
+    focal = types.SimpleNamespace(sigmoid_focal_loss=sigmoid_focal_loss)
+    stub_modules(["torchvision"], ops=types.SimpleNamespace(focal_loss=focal))
+    forget(("lighthouse", "training", "config", "dataset", "cg_detr_dataset", "evaluate",
+            "train", "postprocessing", "standalone_eval"))
+    root = copy_checkout(path)                # every model file gets its recipe line
+    recipes = {}
+    for name, line in LIGHTHOUSE_MODELS.items():
+        recipe = dict(file=f"lighthouse/common/{name}.py", after_line=line,
+                      anchor="vid_mem = ", add=None)
+        src = (root / recipe["file"]).read_text().split("\n")[line - 1]
+        recipe["add"] = src[:len(src) - len(src.lstrip())] + 'out["vid_mem"] = vid_mem'
+        apply_recipe(root, recipe)
+        recipes[name] = recipe
+    cwd = os.getcwd()
+    os.chdir(root)                           # lighthouse reads configs/ relative to its root
+    try:
+        # training/train.py runs from training/ (``from config import ...``)
+        config, ds_mod, cg_ds_mod, ev_mod, tr_mod = import_from(
+            [root, root / "training"], "training.config", "training.dataset",
+            "training.cg_detr_dataset", "training.evaluate", "train")
+    finally:
+        os.chdir(cwd)
+    out = {}
+    for name in LIGHTHOUSE_MODELS:
+        recipe = recipes[name]
+        os.chdir(root)
+        try:
+            opts = config.BaseOptions(LIGHTHOUSE_CONFIG.get(name, name), "qvhighlight",
+                                      "clip_slowfast", None, None)
+            opts.parse()
+            opt = opts.option
+            opt.device = "cpu"
+            random.seed(0)
+            np.random.seed(0)
+            torch.manual_seed(0)
+            model, criterion = ev_mod.build_model(opt)
+        finally:
+            os.chdir(cwd)
+        model.train()
+        criterion.train()
+        cg = opt.model_name == "cg_detr"
+        klass = cg_ds_mod.CGDETR_StartEndDataset if cg else ds_mod.StartEndDataset
+        collate = cg_ds_mod.cg_detr_start_end_collate if cg else ds_mod.start_end_collate
+        prepare = cg_ds_mod.cg_detr_prepare_batch_inputs if cg else ds_mod.prepare_batch_inputs
+        ds = klass(dset_name=opt.dset_name, domain=None,
+                   data_path=str(data / FILES["qvhighlights"]), ctx_mode=opt.ctx_mode,
+                   v_feat_dirs=opt.v_feat_dirs, a_feat_dirs=opt.a_feat_dirs,
+                   q_feat_dir=opt.t_feat_dir, q_feat_type="last_hidden_state",
+                   v_feat_types=opt.v_feat_types, a_feat_types=opt.a_feat_types,
+                   max_q_l=opt.max_q_l, max_v_l=opt.max_v_l, max_a_l=opt.max_a_l,
+                   clip_len=opt.clip_length, max_windows=opt.max_windows,
+                   span_loss_type=opt.span_loss_type, load_labels=True)
+        ds.data = ds.data[:BATCH]
+        v_dim = opt.v_feat_dim - (2 if "tef" in opt.ctx_mode else 0)
+        g = torch.Generator().manual_seed(0)
+        feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in ds.data}
+        ds._get_query_feat_by_qid = lambda qid, d=opt.t_feat_dim, g=g: torch.randn(
+            12, d, generator=g)
+        ds._get_video_feat_by_vid = lambda vid, feats=feats: feats[vid]
+        random.seed(0)
+        batch = collate([ds[i] for i in range(len(ds.data))])
+        model_inputs, targets = prepare(batch[1], "cpu")
+        if name == "taskweave":
+            model_inputs["epoch_i"] = 0
+            # taskweave_transformer.py calls .cuda() on a new tensor: a no-op on this CPU run
+            to_cuda = torch.Tensor.cuda
+            torch.Tensor.cuda = lambda self, *a, **k: self
+            try:
+                outputs, (hd_log_var, mr_log_var) = model(**model_inputs)
+            finally:
+                torch.Tensor.cuda = to_cuda
+            loss_dict = criterion(outputs, targets)
+            losses = tr_mod.calculate_taskweave_losses(loss_dict, criterion.weight_dict,
+                                                       hd_log_var, mr_log_var)
+        else:
+            outputs = model(**model_inputs, targets=targets) if cg else model(**model_inputs)
+            loss_dict = criterion(outputs, targets)
+            losses = sum(loss_dict[k] * criterion.weight_dict[k] for k in loss_dict
+                         if k in criterion.weight_dict)
+            if name == "tr_detr":
+                losses = losses + tr_mod.additional_trdetr_losses(model_inputs, outputs, targets,
+                                                                  opt)
+        out[name] = dict(baseline="lighthouse", model=name, commit=commit,
+                         data=FILES["qvhighlights"], recipe=recipe,
+                         exports_video_mask="video_mask" in outputs,
+                         total=float(losses.detach()),
+                         **detr_record(outputs, model_inputs, targets, batch[0], criterion,
+                                       loss_dict, opt.clip_length))
+        print(f"lighthouse {name}: losses {out[name]['baseline_losses']}", file=sys.stderr)
+    return out
 
 
 def vms_criterion(path: Path, data: Path, commit: str) -> dict:
@@ -766,6 +916,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   git_commit(args.moment_detr))
         (args.out / "baseline_moment_detr_batch.json").write_text(dump(batch))
         print(f"Moment-DETR batch: losses {batch['baseline_losses']}", file=sys.stderr)
+    if args.lighthouse is not None:
+        for name, batch in lighthouse_models(args.lighthouse.resolve(), args.data,
+                                             git_commit(args.lighthouse)).items():
+            (args.out / f"baseline_lighthouse_{name}_batch.json").write_text(dump(batch))
     if args.video_mamba_suite is not None:
         batch = vms_criterion(args.video_mamba_suite.resolve(), args.data,
                               git_commit(args.video_mamba_suite))

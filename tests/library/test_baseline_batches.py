@@ -182,10 +182,14 @@ def test_flashvtg_adapter_on_the_recorded_batch(name):
 # Moment-DETR: queries, the matcher's pairs
 # --------------------------------------------------------------------------------------------
 
-def test_moment_detr_recipe_on_the_recorded_batch():
+LIGHTHOUSE = ("moment_detr", "qd_detr", "eatr", "cg_detr", "tr_detr", "uvcom", "taskweave")
+
+
+def _check_detr_recipe(rec):
+    """The DETR-style recipe on a recorded batch: the matched spans' L_b_aux, the labels, and
+    the aux term's scale against the baseline's span loss as it enters its total."""
     from cliptbp_kernels.adapters import detr_matched_spans, inputs_from_windows
 
-    rec = _load("moment_detr")
     B = len(rec["qids"])
     T = max(rec["num_clips"])
     assert rec["shapes"]["vid_mem"][:2] == [B, T]          # the recipe's line exports it
@@ -202,7 +206,19 @@ def test_moment_detr_recipe_on_the_recorded_batch():
     emb = torch.randn(B, T, 8, generator=torch.Generator().manual_seed(0))
     ck_in = inputs_from_windows(emb, mask, [m["relevant_windows"] for m in rec["meta"]], 2.0)
     assert ck_in["labels"].tolist() == rec["ours"]["labels"]
-    # the recipe's L_b_aux within 10x of Moment-DETR's span loss as it enters its total
     own = rec["baseline_losses"]["loss_span"] * rec["weights"]["loss_span"]
     ours = rec["ours"]["loss_aux"][str(RECIPE_AUX_BETA)]
     assert own / 10 <= ours <= own * 10, (ours, own)
+
+
+def test_moment_detr_recipe_on_the_recorded_batch():
+    _check_detr_recipe(_load("moment_detr"))
+
+
+@pytest.mark.parametrize("model", LIGHTHOUSE)
+def test_lighthouse_recipe_on_the_recorded_batch(model):
+    rec = _load(f"lighthouse_{model}")
+    assert rec["model"] == model
+    _check_detr_recipe(rec)
+    # the models that export video_mask are those the docs name
+    assert rec["exports_video_mask"] == (model not in ("moment_detr", "eatr"))
