@@ -151,18 +151,10 @@ double dot(const A* a, const B* b, int64_t D) {
 // Norm of clip i of sample b; sets `finite` to false when the clip holds NaN or Inf.
 double clip_norm(const EmbView& e, int64_t b, int64_t i, bool* finite) {
   if (e.dtype == kFloat32 && e.sd == 1) {
-    // The common case without the staging row: the same products in the same order as
-    // dot() over the row converted to double below, so the same bits.
+    // The common case without the staging row: dot() of the float row with itself forms the
+    // same double products in the same order as dot() over the row converted to double below.
     const float* p = static_cast<const float*>(e.data) + e.offset(b, i);
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    int64_t d = 0;
-    for (; d + 4 <= e.D; d += 4)
-      for (int l = 0; l < 4; ++l) {
-        const double x = static_cast<double>(p[d + l]);
-        acc[l] += x * x;
-      }
-    for (; d < e.D; ++d) acc[0] += static_cast<double>(p[d]) * static_cast<double>(p[d]);
-    const double ss = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    const double ss = dot(p, p, e.D);
     *finite = std::isfinite(ss);
     return std::sqrt(ss);
   }
