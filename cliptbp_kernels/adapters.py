@@ -34,7 +34,15 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from .labels import _clip_lengths, check_rule, merge_windows, to_python, windows_to_labels
+from .labels import (
+    _clip_lengths,
+    as_positive_real,
+    check_rule,
+    merge_windows,
+    merged_window_id,
+    to_python,
+    windows_to_labels,
+)
 
 __all__ = [
     "MissingOutputError",
@@ -122,6 +130,18 @@ def _is_padding(window: object) -> bool:
         return all(float(v) == math.inf for v in window)
     except (TypeError, ValueError):
         return False
+
+
+def _without_padding(windows: Sequence) -> list:
+    """Each sample's windows without FlashVTG's ``[inf, inf]`` padding rows (anything else is
+    left as it is, for ``windows_to_labels`` to check)."""
+    samples = []
+    for sample in windows:
+        sample = to_python(sample)
+        if isinstance(sample, (list, tuple)):
+            sample = [w for w in sample if not _is_padding(w)]
+        samples.append(sample)
+    return samples
 
 
 def _snap_half(x: float) -> float:
@@ -238,12 +258,7 @@ def _from_windows(emb, video_mask, windows_sec, clip_len, pred_offsets, offset_u
         raise ValueError(
             f"windows_sec must have one entry per sample ({B}); got {len(windows_sec)}"
         )
-    samples = []
-    for sample in windows_sec:
-        sample = to_python(sample)
-        if isinstance(sample, (list, tuple)):
-            sample = [w for w in sample if not _is_padding(w)]
-        samples.append(sample)
+    samples = _without_padding(windows_sec)
 
     if B:
         labels = windows_to_labels(samples, T, lengths if label_clip_len is None
@@ -427,7 +442,7 @@ def univtg_inputs(
         windows_clips.append([list(w) for w in sample])
         merged = merge_windows(sample)
         for i, (st, ed) in per_clip.items():
-            own[b, i] = next(w + 1 for w, (ms, me) in enumerate(merged) if ms <= st and ed <= me)
+            own[b, i] = merged_window_id(merged, st, ed)
 
     if rule == "univtg":
         labels = own
@@ -509,6 +524,7 @@ def flashvtg_inputs(
         "`output[\"video_emb\"] = video_emb`, see docs/integrations.md. "
         "emb_key='video_emb' uses the rectified tokens instead.")
     check_rule(rule, extra=("auto",))
+    clip_len = as_positive_real(clip_len, "clip_len")   # one number: FlashVTG's --clip_length
     B, T = int(emb.shape[0]), int(emb.shape[1])
     msk = _tensor(_require(outputs, "video_msk", "outputs"), "outputs['video_msk']")
     _check_shape(msk, "outputs['video_msk']", (B, T), "[B, T]")
@@ -543,15 +559,12 @@ def flashvtg_inputs(
             # FlashVTG's Charades-STA / TACoS branch: the floor rule with duration / n
             rule, label_lengths = "floor", []
             for b, (m, n) in enumerate(zip(meta, n_valid)):
-                d = _require(m, "duration", f"targets['label'][{b}]")
-                if (isinstance(d, bool) or not isinstance(d, numbers.Real)
-                        or not math.isfinite(d) or d <= 0):
-                    raise ValueError(f"targets['label'][{b}]['duration'] must be a number > 0 "
-                                     f"(seconds); got {d!r}")
-                label_lengths.append(float(d) / max(n, 1))
+                d = as_positive_real(_require(m, "duration", f"targets['label'][{b}]"),
+                                     f"targets['label'][{b}]['duration'] (seconds)")
+                label_lengths.append(d / max(n, 1))
     out = _from_windows(emb, msk, windows, clip_len, None, "clips", 0.0, rule, label_lengths)
-    samples = [[w for w in to_python(s) if not _is_padding(w)] for s in windows]
-    pred, target, positive = _flashvtg_spans(point, coord, samples, float(clip_len), n_valid)
+    pred, target, positive = _flashvtg_spans(point, coord, _without_padding(windows), clip_len,
+                                             n_valid)
     out.update(pred_spans=pred, target_spans=target, span_mask=positive)
     return out
 

@@ -90,6 +90,15 @@ def merge_windows(windows):
     return [(st, ed) for st, ed in merged]
 
 
+def merged_window_id(merged, st, ed):
+    """The id (1, 2, ...) of the window of ``merged`` (``merge_windows``' output) that holds
+    the window ``[st, ed]``."""
+    for w, (ms, me) in enumerate(merged):
+        if ms <= st and ed <= me:
+            return w + 1
+    raise AssertionError(f"[{st}, {ed}] lies outside every merged window")  # pragma: no cover
+
+
 def _clip_holding(t, clip_len):
     """The index ``i`` with ``i * clip_len <= t < (i + 1) * clip_len``."""
     i = math.floor(t / clip_len)
@@ -137,25 +146,18 @@ def _univtg_labels(windows, n, clip_len):
     if n == 0 or not windows:
         return labels
     merged = merge_windows(windows)
-
-    def merged_id(st, ed):
-        for w, (ms, me) in enumerate(merged):
-            if ms <= st and ed <= me:
-                return w + 1
-        raise AssertionError("a window outside every merged window")  # pragma: no cover
-
     f32 = np.float32
     t = (np.arange(n, dtype=np.float32) + f32(clip_len / 2)) / f32(n)
     span = f32(n * clip_len)
     for st, ed in windows:            # input order: a later window overwrites
         lo, hi = f32(st) / span, f32(ed) / span
-        wid = merged_id(st, ed)
+        wid = merged_window_id(merged, st, ed)
         for i in np.nonzero((t >= lo) & (t <= hi))[0].tolist():
             labels[i] = wid
     if not any(labels):
         st, ed = windows[0]
         i = max(0, min(int(st / clip_len), n - 1))
-        labels[i] = merged_id(st, ed)
+        labels[i] = merged_window_id(merged, st, ed)
     return labels
 
 
@@ -176,7 +178,7 @@ def _floor_labels(windows, n, clip_len):
         first = int(st / clip_len)
         last = max(0, min(int(ed / clip_len), n) - 1)
         first = min(first, last)
-        wid = next(w + 1 for w, (ms, me) in enumerate(merged) if ms <= st and ed <= me)
+        wid = merged_window_id(merged, st, ed)
         for i in range(max(first, 0), last + 1):
             if labels[i] == 0:
                 labels[i] = wid
@@ -200,7 +202,8 @@ def _per_sample(value, B, name, convert):
     return [one] * B
 
 
-def _as_clip_len(x, where):
+def as_positive_real(x, where):
+    """``x`` as a finite float > 0, else a TypeError / ValueError naming ``where``."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{where} must be a real number, got {type(x).__name__}")
     x = float(x)
@@ -211,7 +214,7 @@ def _as_clip_len(x, where):
 
 def _clip_lengths(clip_len, B):
     """One clip length in seconds per sample, from a number or one per sample."""
-    return _per_sample(clip_len, B, "clip_len", _as_clip_len)
+    return _per_sample(clip_len, B, "clip_len", as_positive_real)
 
 
 def check_rule(rule, extra=()):
