@@ -274,6 +274,27 @@ def ours(adapter_out: dict, betas: Sequence[float]) -> Dict[str, float]:
     return res
 
 
+def floats(d: dict, last_layer_only: bool = False) -> Dict[str, float]:
+    """A dict of losses (tensors or numbers) or weights as floats; ``last_layer_only`` drops
+    the keys of DETR's auxiliary decoder layers (``loss_span_0``, ...)."""
+    return {k: float(v.detach()) if hasattr(v, "detach") else float(v) for k, v in d.items()
+            if not (last_layer_only and k[-1].isdigit())}
+
+
+def random_features(ds, recs: List[dict], v_dim: int, t_dim: int):
+    """Random features (seed 0) in place of a data set's feature files: ``num_clips`` rows of
+    ``v_dim`` per video, drawn up front, and 12 tokens of ``t_dim`` per query read. The video
+    loader takes a video id or a record (Video Mamba Suite passes the record). Returns the
+    generator, for draws that follow."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in recs}
+    ds._get_query_feat_by_qid = lambda qid: torch.randn(12, t_dim, generator=g)
+    ds._get_video_feat_by_vid = lambda vid: feats[vid["vid"] if isinstance(vid, dict) else vid]
+    return g
+
+
 def build_baseline(config, build_model: Callable, argv: Sequence[str]):
     """(options, model, criterion): the baseline's own option parser with its defaults plus
     ``argv``, on the CPU, its ``build_model`` after ``torch.manual_seed(0)``, training mode."""
@@ -314,10 +335,7 @@ def univtg_model(path: Path, data: Path, commit: str) -> dict:
     ds.clip_len, ds.max_v_l, ds.max_windows = 2.0, args.max_v_l, 5
     ds.span_loss_type = "l1"
     ds.add_easy_negative, ds.easy_negative_only = 1, 1
-    g = torch.Generator().manual_seed(0)
-    ds._get_query_feat_by_qid = lambda qid: torch.randn(12, t_dim, generator=g)
-    feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in recs}
-    ds._get_video_feat_by_vid = lambda vid: feats[vid]
+    random_features(ds, recs, v_dim, t_dim)
     import random
 
     random.seed(0)
@@ -332,9 +350,7 @@ def univtg_model(path: Path, data: Path, commit: str) -> dict:
         qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
         shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
         target_shapes={k: list(v.shape) for k, v in targets.items() if hasattr(v, "shape")},
-        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
-                         for k, v in loss_dict.items()},
-        weights={k: float(v) for k, v in weight_dict.items()},
+        baseline_losses=floats(loss_dict), weights=floats(weight_dict),
         span_loss=dict(name="loss_b", what="SmoothL1 (beta 1) of timestamp + pred_spans "
                        "against span_labels_nn, normalised units",
                        value=float(loss_dict["loss_b"].detach())),
@@ -374,9 +390,8 @@ def detr_record(outputs: dict, model_inputs: dict, targets: dict, meta: List[dic
     return dict(
         qids=[m["qid"] for m in meta], num_clips=[num_clips(m) for m in meta],
         shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
-        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
-                         for k, v in loss_dict.items() if not k[-1].isdigit()},
-        weights={k: float(v) for k, v in criterion.weight_dict.items() if not k[-1].isdigit()},
+        baseline_losses=floats(loss_dict, last_layer_only=True),
+        weights=floats(criterion.weight_dict, last_layer_only=True),
         tensors=dict(pred_spans=tensor_list(outputs["pred_spans"].detach()),
                      span_labels=[tensor_list(t["spans"]) for t in targets["span_labels"]],
                      indices=[[q.tolist(), t.tolist()] for q, t in indices],
@@ -395,7 +410,6 @@ def moment_detr_model(path: Path, data: Path, commit: str) -> dict:
     pairs through ``detr_matched_spans``."""
     import random
 
-    import torch
 
 
     root = copy_checkout(path)
@@ -411,10 +425,7 @@ def moment_detr_model(path: Path, data: Path, commit: str) -> dict:
     ds.use_video, ds.use_tef, ds.load_labels = True, True, True
     ds.max_v_l, ds.max_q_l, ds.clip_len, ds.max_windows = args.max_v_l, args.max_q_l, 2, 5
     ds.span_loss_type, ds.txt_drop_ratio = "l1", 0
-    g = torch.Generator().manual_seed(0)
-    feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in recs}
-    ds._get_query_feat_by_qid = lambda qid: torch.randn(12, t_dim, generator=g)
-    ds._get_video_feat_by_vid = lambda vid: feats[vid]
+    random_features(ds, recs, v_dim, t_dim)
     random.seed(0)
     batch = ds_mod.start_end_collate([ds[i] for i in range(len(recs))])
     model_inputs, targets = ds_mod.prepare_batch_inputs(batch[1], args.device)
@@ -517,11 +528,7 @@ def lighthouse_models(path: Path, data: Path, commit: str) -> Dict[str, dict]:
                    span_loss_type=opt.span_loss_type, load_labels=True)
         ds.data = ds.data[:BATCH]
         v_dim = opt.v_feat_dim - (2 if "tef" in opt.ctx_mode else 0)
-        g = torch.Generator().manual_seed(0)
-        feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in ds.data}
-        ds._get_query_feat_by_qid = lambda qid, d=opt.t_feat_dim, g=g: torch.randn(
-            12, d, generator=g)
-        ds._get_video_feat_by_vid = lambda vid, feats=feats: feats[vid]
+        random_features(ds, ds.data, v_dim, opt.t_feat_dim)
         random.seed(0)
         batch = collate([ds[i] for i in range(len(ds.data))])
         model_inputs, targets = prepare(batch[1], "cpu")
@@ -587,10 +594,7 @@ def vms_criterion(path: Path, data: Path, commit: str) -> dict:
     ds.use_video, ds.use_tef, ds.load_labels = True, True, True
     ds.clip_len, ds.max_v_l, ds.max_windows, ds.span_loss_type = 2.0, args.max_v_l, 5, "l1"
     ds.add_easy_negative, ds.easy_negative_only = 1, 1
-    g = torch.Generator().manual_seed(0)
-    feats = {r["vid"]: torch.randn(num_clips(r), v_dim, generator=g) for r in recs}
-    ds._get_query_feat_by_qid = lambda meta: torch.randn(12, t_dim, generator=g)
-    ds._get_video_feat_by_vid = lambda meta: feats[meta["vid"] if isinstance(meta, dict) else meta]
+    g = random_features(ds, recs, v_dim, t_dim)     # the model outputs: drawn after them
     random.seed(0)
     batch = ds_mod.start_end_collate_mr([ds[i] for i in range(len(recs))])
     _, targets = ds_mod.prepare_batch_inputs_mr(batch[1], "cpu")
@@ -609,9 +613,7 @@ def vms_criterion(path: Path, data: Path, commit: str) -> dict:
         model="not run: needs mamba_ssm's CUDA kernels; outputs drawn at random in its layout",
         qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
         target_shapes={k: list(v.shape) for k, v in targets.items() if hasattr(v, "shape")},
-        baseline_losses={k: float(v.detach()) if hasattr(v, "detach") else float(v)
-                         for k, v in loss_dict.items()},
-        weights={k: float(v) for k, v in criterion.weight_dict.items()},
+        baseline_losses=floats(loss_dict), weights=floats(criterion.weight_dict),
         tensors=dict(
             timestamp=tensor_list(targets["timestamp"][..., 0]),
             timestamp_mask=tensor_list(targets["timestamp_mask"]),
@@ -790,10 +792,7 @@ def flashvtg_model(path: Path, data: Path, commit: str, name: str) -> dict:
     ds.max_q_l = args.max_q_l if args.max_q_l > 0 else 100
     ds.clip_len, ds.max_windows = 2, 5
     ds.span_loss_type, ds.txt_drop_ratio = "l1", 0
-    g = torch.Generator().manual_seed(0)
-    feats = {r["vid"]: torch.randn(num_clips(r), 2816, generator=g) for r in recs}
-    ds._get_query_feat_by_qid = lambda qid: torch.randn(12, 512, generator=g)
-    ds._get_video_feat_by_vid = lambda vid: feats[vid]
+    random_features(ds, recs, 2816, 512)
     ds._preload_data()
     batch = ds_mod.start_end_collate([ds[i] for i in range(len(recs))])
     model_inputs, targets = ds_mod.prepare_batch_inputs(batch[1], args.device)
@@ -811,8 +810,7 @@ def flashvtg_model(path: Path, data: Path, commit: str, name: str) -> dict:
         baseline="FlashVTG", commit=commit, data=FILES[name], recipe=FLASHVTG_RECIPE,
         qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
         shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
-        baseline_losses={k: float(v.detach()) for k, v in loss_dict.items()},
-        weights={k: float(v) for k, v in weight_dict.items()},
+        baseline_losses=floats(loss_dict), weights=floats(weight_dict),
         span_loss=dict(name="loss_reg", what="L1 of out_coord against (p - st, ed - p) / "
                        "stride on the regressed points, every level",
                        value=float(loss_dict["loss_reg"].detach())),
