@@ -15,7 +15,7 @@ import torch
 
 import cliptbp_kernels as ck
 from cliptbp_kernels.adapters import RECIPE_AUX_BETA, univtg_inputs
-from paths import REPO, SHARED_DATA, script_module
+from paths import REPO, script_module, shared_records
 
 FIXTURES = REPO / "tests" / "fixtures"
 
@@ -106,11 +106,8 @@ FLASHVTG_TARGETS = json.loads((FIXTURES / "baseline_flashvtg_targets.json").read
 def test_flashvtg_adapter_regresses_the_points_flashvtg_regresses(rec):
     from cliptbp_kernels.adapters import _flashvtg_spans
 
-    path = SHARED_DATA / rec["data"]
-    if not path.is_file():
-        pytest.skip(f"annotation file not found: {path}")
+    recs = shared_records(rec["data"])
     script = _script()
-    recs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     assert len(recs) == rec["queries"]
     items = []
     for r in recs:

@@ -13,7 +13,7 @@ import math
 import pytest
 
 from cliptbp_kernels.labels import LABEL_RULES, windows_to_labels
-from paths import REPO, SHARED_DATA, script_module
+from paths import REPO, script_module, shared_records
 
 FIXTURE = REPO / "tests" / "fixtures" / "baseline_foreground.json"
 RECORDS = json.loads(FIXTURE.read_text())["records"]
@@ -41,11 +41,7 @@ def test_fixture_covers_every_baseline_rule():
 @pytest.mark.parametrize("rec", RECORDS, ids=lambda r: f"{r['baseline']}-{r['data']}-"
                                                      f"{r['clip_len_mode']}")
 def test_rule_reproduces_the_baselines_own_foreground(rec):
-    path = SHARED_DATA / rec["data"]
-    if not path.is_file():
-        pytest.skip(f"annotation file not found: {path}")
-    with open(path) as f:
-        recs = [json.loads(line) for line in f if line.strip()]
+    recs = shared_records(rec["data"])
     assert len(recs) == rec["queries"]
     L = rec["clip_len"]
     n = [math.ceil(float(r["duration"]) / L) for r in recs]

@@ -1,6 +1,5 @@
 """windows_to_labels (docs/losses.md, section 6), by hand and on the real datasets."""
 
-import json
 import math
 
 import numpy as np
@@ -8,9 +7,7 @@ import pytest
 import torch
 
 from cliptbp_kernels.labels import windows_to_labels
-from paths import SHARED_DATA
-
-DATA = SHARED_DATA
+from paths import shared_records
 
 
 def one(windows, n, clip_len=2.0, rule="center"):
@@ -209,25 +206,22 @@ def test_bad_inputs(args, exc, name):
 # --------------------------------------------------------------------------------------
 
 
-def _records(path):
-    if not DATA.is_dir():
-        pytest.skip(f"shared data folder not found: {DATA}")
-    if not path.is_file():
-        pytest.skip(f"annotation file not found: {path}")
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+def _labelled(relpath, *rules):
+    """The records of a shared annotation file, each query's number of 2-s clips
+    (``ceil(duration / 2)``) and its labels under each of ``rules``."""
+    recs = shared_records(relpath)
+    windows = [r["relevant_windows"] for r in recs]
+    n = [math.ceil(r["duration"] / 2) for r in recs]
+    return recs, n, [windows_to_labels(windows, n, 2.0, rule=rule) for rule in rules]
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_qvhighlights_reproduces_relevant_clip_ids(split):
-    recs = _records(DATA / "qvhighlights" / f"highlight_{split}_release.jsonl")
+    recs, counts, (labels,) = _labelled(f"qvhighlights/highlight_{split}_release.jsonl",
+                                         "center")
     assert len(recs) > 1000
-    windows = [r["relevant_windows"] for r in recs]
-    num_clips = [math.ceil(r["duration"] / 2) for r in recs]
-    labels = windows_to_labels(windows, num_clips, 2.0)
     mismatches = []
-    for r, lab in zip(recs, labels.tolist()):
-        n = math.ceil(r["duration"] / 2)
+    for r, lab, n in zip(recs, labels.tolist(), counts):
         got = [i for i in range(n) if lab[i] >= 1]
         if got != sorted(r["relevant_clip_ids"]) or any(v != -1 for v in lab[n:]):
             mismatches.append(r["qid"])
@@ -235,11 +229,8 @@ def test_qvhighlights_reproduces_relevant_clip_ids(split):
 
 
 def test_tacos_every_query_has_a_gt_clip():
-    recs = _records(DATA / "tacos" / "train.jsonl")
+    recs, _, (labels,) = _labelled("tacos/train.jsonl", "center")
     assert len(recs) > 1000
-    windows = [r["relevant_windows"] for r in recs]
-    num_clips = [math.ceil(r["duration"] / 2) for r in recs]
-    labels = windows_to_labels(windows, num_clips, 2.0)
     n_gt = (labels >= 1).sum(dim=1)
     assert (n_gt >= 1).all(), f"{int((n_gt == 0).sum())} queries without a GT clip"
     # exactly one window per query: only id 1 appears
@@ -250,11 +241,8 @@ def test_qvhighlights_univtg_rule_adds_the_clip_before_each_window():
     """On the 2-second grid the anchor of clip i is its end (i + 1) * 2 s, so UniVTG's own
     foreground is the centre rule's plus the clip just before each window that does not start
     at 0 s (that clip ends exactly on the window's start)."""
-    recs = _records(DATA / "qvhighlights" / "highlight_val_release.jsonl")
-    windows = [r["relevant_windows"] for r in recs]
-    n = [math.ceil(r["duration"] / 2) for r in recs]
-    centre = windows_to_labels(windows, n, 2.0)
-    uni = windows_to_labels(windows, n, 2.0, rule="univtg")
+    recs, n, (centre, uni) = _labelled("qvhighlights/highlight_val_release.jsonl", "center",
+                                       "univtg")
     differs = 0
     for r, c, u, nb in zip(recs, centre.tolist(), uni.tolist(), n):
         expected = set(i for i in range(nb) if c[i] >= 1)
@@ -269,11 +257,7 @@ def test_tacos_floor_rule_against_the_centre_rule():
     """TACoS windows are unaligned floats: the floor rule covers int(st / L) .. int(ed / L) - 1
     and the centre rule round(st / L) .. round(ed / L) - 1 (a centre (i + 0.5) L in [st, ed)),
     so the two differ by at most one clip at each edge, never more."""
-    recs = _records(DATA / "tacos" / "val.jsonl")
-    windows = [r["relevant_windows"] for r in recs]
-    n = [math.ceil(r["duration"] / 2) for r in recs]
-    centre = windows_to_labels(windows, n, 2.0)
-    floor = windows_to_labels(windows, n, 2.0, rule="floor")
+    _, n, (centre, floor) = _labelled("tacos/val.jsonl", "center", "floor")
     edge_diffs = 0
     for c, f, nb in zip(centre.tolist(), floor.tolist(), n):
         cs = [i for i in range(nb) if c[i] >= 1]
