@@ -281,6 +281,11 @@ def floats(d: dict, last_layer_only: bool = False) -> Dict[str, float]:
             if not (last_layer_only and k[-1].isdigit())}
 
 
+def shapes(d: dict) -> Dict[str, List[int]]:
+    """The shape of every tensor in ``d``."""
+    return {k: list(v.shape) for k, v in d.items() if hasattr(v, "shape")}
+
+
 def random_features(ds, recs: List[dict], v_dim: int, t_dim: int):
     """Random features (seed 0) in place of a data set's feature files: ``num_clips`` rows of
     ``v_dim`` per video, drawn up front, and 12 tokens of ``t_dim`` per query read. The video
@@ -348,8 +353,8 @@ def univtg_model(path: Path, data: Path, commit: str) -> dict:
     return dict(
         baseline="UniVTG", commit=commit, data=FILES["qvhighlights"], recipe=UNIVTG_RECIPE,
         qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
-        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
-        target_shapes={k: list(v.shape) for k, v in targets.items() if hasattr(v, "shape")},
+        shapes=shapes(outputs),
+        target_shapes=shapes(targets),
         baseline_losses=floats(loss_dict), weights=floats(weight_dict),
         span_loss=dict(name="loss_b", what="SmoothL1 (beta 1) of timestamp + pred_spans "
                        "against span_labels_nn, normalised units",
@@ -389,7 +394,7 @@ def detr_record(outputs: dict, model_inputs: dict, targets: dict, meta: List[dic
     adapter = dict(pred_spans=pred, target_spans=tgt, span_mask=None)
     return dict(
         qids=[m["qid"] for m in meta], num_clips=[num_clips(m) for m in meta],
-        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
+        shapes=shapes(outputs),
         baseline_losses=floats(loss_dict, last_layer_only=True),
         weights=floats(criterion.weight_dict, last_layer_only=True),
         tensors=dict(pred_spans=tensor_list(outputs["pred_spans"].detach()),
@@ -612,7 +617,7 @@ def vms_criterion(path: Path, data: Path, commit: str) -> dict:
         baseline="Video Mamba Suite", commit=commit, data=FILES["qvhighlights"],
         model="not run: needs mamba_ssm's CUDA kernels; outputs drawn at random in its layout",
         qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
-        target_shapes={k: list(v.shape) for k, v in targets.items() if hasattr(v, "shape")},
+        target_shapes=shapes(targets),
         baseline_losses=floats(loss_dict), weights=floats(criterion.weight_dict),
         tensors=dict(
             timestamp=tensor_list(targets["timestamp"][..., 0]),
@@ -809,7 +814,7 @@ def flashvtg_model(path: Path, data: Path, commit: str, name: str) -> dict:
     return dict(
         baseline="FlashVTG", commit=commit, data=FILES[name], recipe=FLASHVTG_RECIPE,
         qids=[r["qid"] for r in recs], num_clips=[num_clips(r) for r in recs],
-        shapes={k: list(v.shape) for k, v in outputs.items() if hasattr(v, "shape")},
+        shapes=shapes(outputs),
         baseline_losses=floats(loss_dict), weights=floats(weight_dict),
         span_loss=dict(name="loss_reg", what="L1 of out_coord against (p - st, ed - p) / "
                        "stride on the regressed points, every level",
