@@ -167,7 +167,7 @@ def inputs_from_windows(
     windows_sec: Sequence,
     clip_len: Union[float, Sequence[float], Tensor],
     pred_offsets: Optional[Tensor] = None,
-    offset_unit: str = "normalized",
+    offset_unit: Optional[str] = None,
     *,
     anchor: Union[float, Tensor] = 0.0,
     rule: str = "center",
@@ -192,10 +192,11 @@ def inputs_from_windows(
             predicted start and end, in ``offset_unit``; the predicted window of clip ``i``
             is ``[a_i - d_start, a_i + d_end]``. The gradient of ``L_b_aux`` flows into it.
         offset_unit: unit of ``pred_offsets``, of a tensor ``anchor`` and of the returned
-            spans: ``"normalized"`` (default: fraction of the sample's video length
-            ``n_b * clip_len``, ``n_b`` = its number of real clips; the unit of every
-            adapter, in which the recipes' ``aux_beta`` is chosen), ``"clips"`` (clip
-            lengths) or ``"seconds"``.
+            spans, required with ``pred_offsets`` (there is no default: offsets in another
+            unit would give a silently wrong auxiliary loss): ``"normalized"`` (fraction of
+            the sample's video length ``n_b * clip_len``, ``n_b`` = its number of real clips;
+            the unit of every adapter, in which the recipes' ``aux_beta`` is chosen),
+            ``"clips"`` (clip lengths) or ``"seconds"``.
         anchor: the anchor ``a_i`` of clip ``i``. A number ``c`` puts it at ``i + c`` clips
             (``0.0``: the clip's start, as FlashVTG; ``0.5``: its centre). A tensor
             broadcastable to ``[B, T]`` gives it directly, in ``offset_unit``.
@@ -283,6 +284,12 @@ def _build(emb: Tensor, valid: Tensor, samples: Sequence, lengths: Sequence[floa
     pred_offsets = _tensor(pred_offsets, "pred_offsets", floating=True)
     _check_shape(pred_offsets, "pred_offsets", (B, T, 2), "[B, T, 2] (d_start, d_end)")
     _check_device(pred_offsets, "pred_offsets", device)
+    if offset_unit is None:
+        raise ValueError(
+            "offset_unit is required with pred_offsets: the unit of the predicted distances, "
+            f"one of {', '.join(repr(u) for u in OFFSET_UNITS)} ('normalized', fractions of "
+            "the video, is the unit of the adapters and of RECIPE_AUX_BETA)"
+        )
     if not isinstance(offset_unit, str) or offset_unit not in OFFSET_UNITS:
         raise ValueError(
             f"offset_unit must be one of {', '.join(repr(u) for u in OFFSET_UNITS)}; "

@@ -375,7 +375,8 @@ def test_inputs_from_windows_units_anchor_and_padding_rows():
     out = inputs_from_windows(emb, None, [[[0, 2]]], 2.0, offs, "clips", anchor=a)
     torch.testing.assert_close(out["pred_spans"][0, 1], torch.tensor([9.5, 10.5]))
     # empty batch
-    e = inputs_from_windows(torch.zeros(0, 3, D), None, [], 2.0, torch.zeros(0, 3, 2))
+    e = inputs_from_windows(torch.zeros(0, 3, D), None, [], 2.0, torch.zeros(0, 3, 2),
+                            "normalized")
     assert e["labels"].shape == (0, 3) and e["target_spans"].shape == (0, 3, 2)
 
 
@@ -428,7 +429,11 @@ def test_inputs_from_windows_bad_inputs():
     with pytest.raises(ValueError, match="offset_unit"):
         inputs_from_windows(emb, None, w, 2.0, torch.zeros(2, 5, 2), "frames")
     with pytest.raises(ValueError, match="anchor"):
-        inputs_from_windows(emb, None, w, 2.0, torch.zeros(2, 5, 2), anchor=torch.zeros(3))
+        inputs_from_windows(emb, None, w, 2.0, torch.zeros(2, 5, 2), "normalized",
+                            anchor=torch.zeros(3))
+    # no default unit for offsets: a unit mix-up must not pass silently
+    with pytest.raises(ValueError, match="offset_unit is required"):
+        inputs_from_windows(emb, None, w, 2.0, torch.zeros(2, 5, 2))
     with pytest.raises(KeyError, match="spans"):
         detr_matched_spans(torch.zeros(1, 2, 2), [{"boxes": torch.zeros(1, 2)}],
                            [(torch.tensor([0]), torch.tensor([0]))])
