@@ -70,14 +70,19 @@ def test_univtg_adapter_on_the_recorded_batch(name):
         assert float(got) == pytest.approx(value, rel=1e-4, abs=1e-6), beta
 
 
+def _check_aux_scale(rec, own_key):
+    """At initialisation the recipe's aux term is within 10x of the baseline's own span
+    regression, both as they enter their total loss: ``w_aux * L_b_aux`` (ClipTBPLoss's
+    default ``w_aux``, Eq. 8) against the baseline's loss times its own weight."""
+    own = rec["baseline_losses"][own_key] * rec["weights"][own_key]
+    ours = ck.ClipTBPLoss().w_aux * rec["ours"]["loss_aux"][str(RECIPE_AUX_BETA)]
+    assert own / 10 <= ours <= own * 10, (ours, own)
+
+
 @pytest.mark.parametrize("name", ["univtg", "vms"])
 def test_univtg_aux_term_on_the_scale_of_its_own_span_loss(name):
-    """At initialisation the recipe's L_b_aux is within 10x of UniVTG's own span regression
-    as it enters its total loss (loss_b times its weight b_loss_coef)."""
-    rec = _load(name)
-    own = rec["baseline_losses"]["loss_b"] * rec["weights"]["loss_b"]
-    ours = rec["ours"]["loss_aux"][str(RECIPE_AUX_BETA)]
-    assert own / 10 <= ours <= own * 10, (ours, own)
+    """UniVTG's span regression is loss_b (weight b_loss_coef)."""
+    _check_aux_scale(_load(name), "loss_b")
 
 
 # --------------------------------------------------------------------------------------------
@@ -175,6 +180,12 @@ def test_flashvtg_adapter_on_the_recorded_batch(name):
         assert float(got) == pytest.approx(value, rel=1e-4, abs=1e-6), beta
 
 
+@pytest.mark.parametrize("name", FLASHVTG_BATCHES)
+def test_flashvtg_aux_term_on_the_scale_of_its_own_span_loss(name):
+    """FlashVTG's span regression is loss_reg (weight 1 in its own options)."""
+    _check_aux_scale(_load(f"flashvtg_{name}"), "loss_reg")
+
+
 # --------------------------------------------------------------------------------------------
 # Moment-DETR: queries, the matcher's pairs
 # --------------------------------------------------------------------------------------------
@@ -203,9 +214,7 @@ def _check_detr_recipe(rec):
     emb = torch.randn(B, T, 8, generator=torch.Generator().manual_seed(0))
     ck_in = inputs_from_windows(emb, mask, [m["relevant_windows"] for m in rec["meta"]], 2.0)
     assert ck_in["labels"].tolist() == rec["ours"]["labels"]
-    own = rec["baseline_losses"]["loss_span"] * rec["weights"]["loss_span"]
-    ours = rec["ours"]["loss_aux"][str(RECIPE_AUX_BETA)]
-    assert own / 10 <= ours <= own * 10, (ours, own)
+    _check_aux_scale(rec, "loss_span")
 
 
 def test_moment_detr_recipe_on_the_recorded_batch():
