@@ -186,7 +186,8 @@ def inputs_from_windows(
         clip_len: clip length in seconds; clip ``i`` (row ``i`` of ``emb``) covers
             ``[i * clip_len, (i + 1) * clip_len)``. One number, or one per sample (a sequence
             or 1-D tensor) where a data set pools long videos to a fixed number of clips
-            (TD-DETR: ``duration / n_b``).
+            (TD-DETR: ``clip_len * n / max_v_l`` for a video of ``n > max_v_l`` clips,
+            the length its data set returns per sample).
         pred_offsets: optional ``[B, T, 2]`` floating, on the device of ``emb``: per clip the
             predicted distances ``(d_start, d_end) >= 0`` from the clip's anchor point to the
             predicted start and end, in ``offset_unit``; the predicted window of clip ``i``

@@ -11,11 +11,13 @@ imports it from the checkouts.
     .venv/bin/python scripts/record_baselines.py \\
         --univtg ../UniVTG --flashvtg ../FlashVTG --lighthouse ../lighthouse \\
         --video-mamba-suite ../video-mamba-suite --moment-detr ../moment_detr \\
-        [--data ../shared/data] \\
+        --td-detr ../TD-DETR [--data ../shared/data] \\
         [--deps /path/to/extra/site-packages] [--out tests/fixtures]
 
 Commits: UniVTG 32659ac, FlashVTG 25b9591, lighthouse d095eaa, Video Mamba Suite ec9108b,
-Moment-DETR b7e553a (checked, a mismatch is an error unless ``--any-commit``).
+Moment-DETR b7e553a, TD-DETR a0ce6d3 (checked, a mismatch is an error unless
+``--any-commit``; then the subject of the checkout's last commit is recorded with TD-DETR's
+fixtures, so a checkout put together by hand says what it is).
 
 Dependencies beyond this project's: ``h5py``, ``nncore``, ``pandas``, ``scipy`` and
 ``einops`` (imported at module level by the baselines' data set, model and matcher files).
@@ -65,6 +67,13 @@ criterion of its ``build_model`` on the same 4 QVHighlights queries; its Mamba m
 the criterion reads are drawn at random in the layout of ``model/univtg_mamba.py``). Needs
 ``einops``; ``timm`` and ``mmengine`` are replaced by stand-ins.
 
+TD-DETR (``tests/fixtures/baseline_td_detr_{qvhighlights,tacos}_batch.json``, and its
+foreground on every TACoS val query in ``baseline_foreground.json``): its own data set class
+reading random features written as its feature files (so its loading and its pooling of
+videos over ``max_v_l`` clips run, with the clip length per sample it returns),
+``start_end_collate``, ``prepare_batch_inputs``, ``build_model`` with its training scripts'
+options, the recipe's two lines applied (model and data set). Needs ``scipy`` (matcher).
+
 And FlashVTG's regression targets (``tests/fixtures/baseline_flashvtg_targets.json``): for
 every query of QVHighlights val and TACoS val, the points that FlashVTG's own
 ``BundleLoss.get_target_single`` regresses over its own ``PointGenerator``'s points (strides
@@ -88,7 +97,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parent.parent
 CLIP_LEN = 2.0
 COMMITS = {"univtg": "32659ac", "flashvtg": "25b9591", "lighthouse": "d095eaa",
-           "video_mamba_suite": "ec9108b", "moment_detr": "b7e553a"}
+           "video_mamba_suite": "ec9108b", "moment_detr": "b7e553a", "td_detr": "a0ce6d3"}
 VMS_ROOT = "video-mamba-suite/video-temporal-grounding"   # UniVTG's layout inside the suite
 FILES = {"qvhighlights": "qvhighlights/highlight_val_release.jsonl", "tacos": "tacos/val.jsonl"}
 FIRST = 5  # queries per record written out in full (for a readable failure)
@@ -380,20 +389,22 @@ MOMENT_DETR_RECIPE = dict(file="moment_detr/model.py", after_line=116,
 
 
 def detr_record(outputs: dict, model_inputs: dict, targets: dict, meta: List[dict],
-                criterion, loss_dict: dict, clip_len: float) -> dict:
-    """The DETR-style recipe on one batch (``inputs_from_windows`` on ``outputs["vid_mem"]``,
-    the matcher's pairs through ``detr_matched_spans``) and what the tests need of it."""
+                criterion, loss_dict: dict, clip_len, rule: str = "center") -> dict:
+    """The DETR-style recipe on one batch (``inputs_from_windows`` on ``outputs["vid_mem"]``
+    with ``clip_len`` (one number, or one per sample) and ``rule``, the matcher's pairs
+    through ``detr_matched_spans``) and what the tests need of it."""
     from cliptbp_kernels.adapters import detr_matched_spans, inputs_from_windows
 
     windows = [m["relevant_windows"] for m in meta]
     ck_in = inputs_from_windows(outputs["vid_mem"], model_inputs["src_vid_mask"], windows,
-                                clip_len=clip_len)
+                                clip_len=clip_len, rule=rule)
     indices = criterion.matcher({k: v for k, v in outputs.items() if k != "aux_outputs"},
                                 targets)
     pred, tgt = detr_matched_spans(outputs["pred_spans"], targets["span_labels"], indices)
     adapter = dict(pred_spans=pred, target_spans=tgt, span_mask=None)
     return dict(
-        qids=[m["qid"] for m in meta], num_clips=[num_clips(m) for m in meta],
+        qids=[m["qid"] for m in meta],
+        num_clips=[int(x) for x in model_inputs["src_vid_mask"].sum(1).tolist()],
         shapes=shapes(outputs),
         baseline_losses=floats(loss_dict, last_layer_only=True),
         weights=floats(criterion.weight_dict, last_layer_only=True),
@@ -874,6 +885,163 @@ def lighthouse(path: Path, data: Path, commit: str) -> List[dict]:
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# TD-DETR: its own pooling of long videos, the clip length per sample, its floor rule
+# --------------------------------------------------------------------------------------------
+
+TD_DETR_RECIPES = (
+    dict(file="td_detr/model.py", after_line=145,
+         anchor="vid_mem = memory[:, :src_vid.shape[1]]", add='        out["vid_mem"] = vid_mem'),
+    dict(file="td_detr/start_end_dataset.py", after_line=100,
+         anchor='model_inputs["video_feat"], clip_len = self._get_video_feat_by_vid(meta["vid"])',
+         add='            meta["clip_len"] = clip_len'),
+)
+# its own training scripts' options (td_detr/scripts/train.sh, td_detr/scripts/tacos/train_tacos.sh)
+TD_DETR_OPTIONS = {
+    "qvhighlights": ["--dset_name", "hl", "--max_v_l", "75"],
+    "tacos": ["--dset_name", "tacos", "--max_v_l", "200", "--lw_saliency", "4",
+              "--enc_layers", "3", "--dec_layers", "3", "--span_loss_coef", "10",
+              "--giou_loss_coef", "1", "--set_cost_span", "10", "--set_cost_giou", "1"],
+}
+TD_DETR_MAX_V_L = {"qvhighlights": 75, "tacos": 200}
+TD_DETR_DSET = {"qvhighlights": "hl", "tacos": "tacos"}
+
+
+def td_detr_checkout_note(path: Path) -> str:
+    """The subject of the checkout's last commit, recorded when it is not the named commit
+    (a checkout put together from the stored files says so there)."""
+    out = subprocess.run(["git", "-C", str(path), "log", "-1", "--format=%s"],
+                         capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def td_detr_dataset(mod, name: str, recs: List[dict], v_dims: Sequence[int], t_dim: int,
+                    seed: int = 0):
+    """TD-DETR's own ``StartEndDataset`` over ``recs`` with random features written as the
+    feature files it reads (so its own loading, L2 normalisation and pooling run): ``num_clips``
+    rows per video in each of ``v_dims``' folders, 12 query tokens of ``t_dim``."""
+    import tempfile
+
+    import numpy as np
+
+    tmp = Path(tempfile.mkdtemp(prefix="cliptbp-td-detr-"))
+    rng = np.random.default_rng(seed)
+    v_dirs = []
+    for j in range(len(v_dims)):
+        (tmp / f"v{j}").mkdir()
+        v_dirs.append(str(tmp / f"v{j}"))
+    (tmp / "q").mkdir()
+    for r in recs:
+        for vd, d in zip(v_dirs, v_dims):
+            path = Path(vd) / f"{r['vid']}.npz"
+            if not path.exists():
+                np.savez(path, features=rng.standard_normal((num_clips(r), d)).astype("f4"))
+        qname = r["qid"] if name == "tacos" else f"qid{r['qid']}"
+        np.savez(tmp / "q" / f"{qname}.npz",
+                 last_hidden_state=rng.standard_normal((12, t_dim)).astype("f4"))
+    data_path = tmp / "val.jsonl"
+    data_path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return mod.StartEndDataset(
+        dset_name=TD_DETR_DSET[name], data_path=str(data_path), v_feat_dirs=v_dirs,
+        q_feat_dir=str(tmp / "q"), q_feat_type="last_hidden_state", max_q_l=32,
+        max_v_l=TD_DETR_MAX_V_L[name], ctx_mode="video_tef", clip_len=2, max_windows=5,
+        span_loss_type="l1", txt_drop_ratio=0)
+
+
+def td_detr_foreground(path: Path, data: Path, commit: str) -> List[dict]:
+    """TD-DETR's own foreground on every TACoS val query: ``StartEndDataset.__getitem__``
+    (its video loader pools a video of more than ``max_v_l`` = 200 clips to 200 rows and
+    returns that sample's clip length; ``get_saliency_labels_sub_as_query`` labels with it),
+    the clips of ``saliency_all_labels``; one feature column per video, nothing random."""
+    import random
+
+    import torch
+
+    root = copy_checkout(path)
+    for recipe in TD_DETR_RECIPES:
+        apply_recipe(root, recipe)
+    (mod,) = import_from(root, "td_detr.start_end_dataset")
+    recs = load(data / FILES["tacos"])
+    ds = td_detr_dataset(mod, "tacos", [dict(r) for r in recs], (1,), 1)
+    random.seed(0)
+    items, lengths = [], []
+    for i, rec in enumerate(recs):
+        meta, inputs = ds[i]
+        fg = torch.nonzero(torch.as_tensor(inputs["saliency_all_labels"]) > 0).flatten()
+        items.append((rec["qid"], fg.tolist()))
+        lengths.append(meta["clip_len"])
+    pooled = sum(1 for L in lengths if L != CLIP_LEN)
+    print(f"TD-DETR tacos: {len(items)} queries, {pooled} on pooled videos", file=sys.stderr)
+    out = record("TD-DETR", commit, "td_detr/start_end_dataset.py StartEndDataset.__getitem__ "
+                 "saliency_all_labels", FILES["tacos"], "floor", "pooled:200", items)
+    out["pooled_queries"] = pooled
+    if not commit.startswith(COMMITS["td_detr"]):
+        out["checkout"] = td_detr_checkout_note(path)
+    return [out]
+
+
+def td_detr_model(path: Path, data: Path, commit: str, name: str) -> dict:
+    """TD-DETR's own ``StartEndDataset`` (its loading and pooling of the feature files),
+    ``start_end_collate``, ``prepare_batch_inputs``, ``build_model`` with the options of its
+    training script for the data set, its training step's loss, at initialisation (seed 0),
+    the recipe's two lines applied: on 4 val queries, for TACoS the first two on videos of
+    more than 400 clips (pooled to 200 rows of more than 4 s) and the first two on videos of
+    at most 200 clips. Then the recipe:
+    ``inputs_from_windows`` with each sample's clip length (floor rule on TACoS)."""
+    import random
+
+    import torch
+
+    root = copy_checkout(path)
+    for recipe in TD_DETR_RECIPES:
+        apply_recipe(root, recipe)
+    config = fresh_import(root, "td_detr.config")
+    ds_mod, model_mod = import_from(root, "td_detr.start_end_dataset", "td_detr.model")
+    v_dims, t_dim = (2304, 512), 512
+    args, model, criterion = build_baseline(config, model_mod.build_model, [
+        "--v_feat_dim", str(sum(v_dims) + 2), "--t_feat_dim", str(t_dim),
+        "--clip_length", "2", *TD_DETR_OPTIONS[name]])
+    recs = load(data / FILES[name])
+    if name == "tacos":
+        long = [r for r in recs if num_clips(r) > 2 * TD_DETR_MAX_V_L[name]][:2]
+        short = [r for r in recs if num_clips(r) <= TD_DETR_MAX_V_L[name]][:2]
+        recs = long + short
+    else:
+        recs = recs[:BATCH]
+    ds = td_detr_dataset(ds_mod, name, recs, v_dims, t_dim)
+    random.seed(0)
+    batch = ds_mod.start_end_collate([ds[i] for i in range(len(recs))])
+    model_inputs, targets = ds_mod.prepare_batch_inputs(batch[1], args.device)
+    outputs = model(**model_inputs)
+    loss_dict = criterion(outputs, targets)
+    meta = batch[0]
+    rule = "floor" if name == "tacos" else "center"
+    lengths = [float(m["clip_len"]) for m in meta]
+    rec = detr_record(outputs, model_inputs, targets, meta, criterion, loss_dict, lengths, rule)
+    rec["ours"].update(rule=rule, clip_len=lengths)
+    own = targets["saliency_all_labels"] > 0
+    doc = dict(baseline="TD-DETR", commit=commit, data=FILES[name], recipe=list(TD_DETR_RECIPES),
+               options=TD_DETR_OPTIONS[name], **rec,
+               own_foreground=[torch.nonzero(row).flatten().tolist() for row in own])
+    doc["video_clips"] = [num_clips(r) for r in recs]
+    if not commit.startswith(COMMITS["td_detr"]):
+        doc["checkout"] = td_detr_checkout_note(path)
+    return doc
+
+
+def merge_records(target: Path, records: List[dict]) -> List[dict]:
+    """The foreground records of ``target`` with those of the baselines recorded now put in
+    place (the same baseline, data, rule and clip length mode) or appended: a run with some
+    of the checkouts keeps the others' records."""
+    def key(r):
+        return r["baseline"], r["data"], r["rule"], r["clip_len_mode"]
+
+    new = {key(r): r for r in records}
+    old = json.loads(target.read_text())["records"] if target.is_file() else []
+    merged = [new.pop(key(r), r) for r in old]
+    return merged + list(new.values())
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/record_baselines.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -884,6 +1052,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="checkout of OpenGVLab/video-mamba-suite")
     p.add_argument("--moment-detr", dest="moment_detr", type=Path,
                    help="checkout of jayleicn/moment_detr")
+    p.add_argument("--td-detr", dest="td_detr", type=Path,
+                   help="checkout of xyangzhou/TD-DETR")
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     p.add_argument("--deps", type=Path, default=None,
                    help="folder with h5py, nncore and pandas (appended to sys.path)")
@@ -898,16 +1068,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     records: List[dict] = []
     steps: Dict[str, Callable] = {
         "univtg": univtg, "flashvtg": flashvtg, "lighthouse": lighthouse,
-        "video_mamba_suite": lambda p, d, c: univtg(p / VMS_ROOT, d, c, "Video Mamba Suite")}
+        "video_mamba_suite": lambda p, d, c: univtg(p / VMS_ROOT, d, c, "Video Mamba Suite"),
+        "td_detr": td_detr_foreground}
     for name, fn in steps.items():
         path = getattr(args, name)
         if path is None:
             print(f"{name}: no checkout given, skipped", file=sys.stderr)
             continue
         records += fn(path.resolve(), args.data, check_commit(name, path, args.any_commit))
-    if not records:
+    if all(getattr(args, name) is None for name in COMMITS):
         raise SystemExit("no baseline checkout given (--univtg, --flashvtg, --lighthouse, "
-                         "--video-mamba-suite)")
+                         "--video-mamba-suite, --moment-detr, --td-detr)")
     args.out.mkdir(parents=True, exist_ok=True)
     if args.univtg is not None:
         batch = univtg_model(args.univtg.resolve(), args.data, git_commit(args.univtg))
@@ -928,6 +1099,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               git_commit(args.video_mamba_suite))
         (args.out / "baseline_vms_batch.json").write_text(dump(batch))
         print(f"Video Mamba Suite batch: losses {batch['baseline_losses']}", file=sys.stderr)
+    if args.td_detr is not None:
+        for name in ("qvhighlights", "tacos"):
+            batch = td_detr_model(args.td_detr.resolve(), args.data, git_commit(args.td_detr),
+                                  name)
+            (args.out / f"baseline_td_detr_{name}_batch.json").write_text(dump(batch))
+            print(f"TD-DETR {name} batch: losses {batch['baseline_losses']}", file=sys.stderr)
     if args.flashvtg is not None:
         commit = git_commit(args.flashvtg)
         for name in ("qvhighlights", "tacos"):
@@ -940,9 +1117,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     target = args.out / "baseline_foreground.json"
     doc = dict(about="Each baseline's own foreground per query, recorded from its code by "
                      "scripts/record_baselines.py; compared by "
-                     "tests/library/test_baseline_foreground.py", records=records)
+                     "tests/library/test_baseline_foreground.py",
+               records=merge_records(target, records))
     target.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"wrote {len(records)} records to {target}", file=sys.stderr)
+    print(f"wrote {len(records)} records ({len(doc['records'])} in all) to {target}",
+          file=sys.stderr)
     return 0
 
 

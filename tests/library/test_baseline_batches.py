@@ -212,7 +212,9 @@ def _check_detr_recipe(rec):
         assert float(got) == pytest.approx(value, rel=1e-4, abs=1e-6), beta
     mask = torch.tensor(t["src_vid_mask"]).reshape(B, T)
     emb = torch.randn(B, T, 8, generator=torch.Generator().manual_seed(0))
-    ck_in = inputs_from_windows(emb, mask, [m["relevant_windows"] for m in rec["meta"]], 2.0)
+    ck_in = inputs_from_windows(emb, mask, [m["relevant_windows"] for m in rec["meta"]],
+                                rec["ours"].get("clip_len", 2.0),
+                                rule=rec["ours"].get("rule", "center"))
     assert ck_in["labels"].tolist() == rec["ours"]["labels"]
     _check_aux_scale(rec, "loss_span")
 
@@ -228,3 +230,35 @@ def test_lighthouse_recipe_on_the_recorded_batch(model):
     _check_detr_recipe(rec)
     # the models that export video_mask are those the docs name
     assert rec["exports_video_mask"] == (model not in ("moment_detr", "eatr"))
+
+
+# --------------------------------------------------------------------------------------------
+# TD-DETR: pooled long videos, one clip length per sample
+# --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["qvhighlights", "tacos"])
+def test_td_detr_recipe_on_the_recorded_batch(name):
+    rec = _load(f"td_detr_{name}")
+    _check_detr_recipe(rec)
+    # the recipe's labels are TD-DETR's own foreground (saliency_all_labels > 0)
+    fg = [[i for i, v in enumerate(row) if v >= 1] for row in rec["ours"]["labels"]]
+    assert fg == rec["own_foreground"]
+
+
+def test_td_detr_pooled_videos_need_their_own_clip_length():
+    """TD-DETR pools a TACoS video of more than 200 clips to 200 rows of clip_len * n / 200
+    seconds; the recorded batch has two such samples. Their own length reproduces TD-DETR's
+    foreground; the one clip length of the batch labels them wrongly."""
+    from cliptbp_kernels.labels import windows_to_labels
+
+    rec = _load("td_detr_tacos")
+    lengths = rec["ours"]["clip_len"]
+    pooled = [i for i, n in enumerate(rec["video_clips"]) if n > 200]
+    assert pooled and all(rec["num_clips"][i] == 200 for i in pooled)
+    for i, n in enumerate(rec["video_clips"]):
+        assert lengths[i] == pytest.approx(2.0 * n / 200 if n > 200 else 2.0)
+    windows = [m["relevant_windows"] for m in rec["meta"]]
+    one = windows_to_labels(windows, rec["num_clips"], 2.0, rule="floor")
+    fg = [[j for j, v in enumerate(row) if v >= 1] for row in one.tolist()]
+    for i in range(len(windows)):
+        assert (fg[i] == rec["own_foreground"][i]) == (i not in pooled), i

@@ -3,8 +3,9 @@
 ``tests/fixtures/baseline_foreground.json`` holds, per baseline, data set and rule, a digest
 of the foreground that the baseline's own code computes for every query of the real
 annotation files (recorded by ``scripts/record_baselines.py`` from checkouts of UniVTG,
-FlashVTG and lighthouse at the commits of docs/integrations.md). Here the matching rule runs
-on the same files in ``../shared/data`` (skipped when absent) and must give the same digest.
+FlashVTG, lighthouse, Video Mamba Suite and TD-DETR at the commits of docs/integrations.md).
+Here the matching rule runs on the same files in ``../shared/data`` (skipped when absent) and
+must give the same digest.
 """
 
 import json
@@ -33,6 +34,7 @@ def test_fixture_covers_every_baseline_rule():
     assert ("Video Mamba Suite", "qvhighlights/highlight_val_release.jsonl", "univtg",
             "fixed") in seen
     assert ("Video Mamba Suite", "tacos/val.jsonl", "univtg", "fixed") in seen
+    assert ("TD-DETR", "tacos/val.jsonl", "floor", "pooled:200") in seen
     for r in RECORDS:
         assert r["rule"] in LABEL_RULES
         assert r["queries"] > 1000 and r["foreground_clips"] >= r["queries"]
@@ -47,6 +49,12 @@ def test_rule_reproduces_the_baselines_own_foreground(rec):
     n = [math.ceil(float(r["duration"]) / L) for r in recs]
     if rec["clip_len_mode"] == "duration/n":
         lengths = [float(r["duration"]) / nb for r, nb in zip(recs, n)]
+    elif rec["clip_len_mode"].startswith("pooled:"):
+        # TD-DETR: a video of more than max_v_l clips is pooled to max_v_l rows of
+        # L * n / max_v_l seconds each
+        cap = int(rec["clip_len_mode"].split(":")[1])
+        lengths = [L * nb / cap if nb > cap else L for nb in n]
+        n = [min(nb, cap) for nb in n]
     else:
         assert rec["clip_len_mode"] == "fixed"
         lengths = L
