@@ -115,11 +115,21 @@ def normalized_spans(spans: Tensor, num_clips: Tensor) -> Tensor:
     return spans / num_clips.to(spans.dtype).clamp_min(1).view(-1, 1, 1)
 
 
+SPAN_UNITS = ("normalized", "clips")
+
+
 def basic_losses(out: Dict[str, Tensor], labels: Tensor, spans_target: Tensor,
-                 saliency: Tensor) -> Dict[str, Tensor]:
+                 saliency: Tensor, span_unit: str = "normalized", w_span: float = 1.0,
+                 w_iou: float = 1.0) -> Dict[str, Tensor]:
     """The model's own losses: foreground BCE, span L1 + IoU on foreground clips, and a
-    saliency ranking loss (answer clips above the other valid clips). `spans_target` and the
-    spans derived from the offsets are compared in fractions of the video."""
+    saliency ranking loss (answer clips above the other valid clips).
+
+    `spans_target` (clip units) and the spans derived from the offsets are compared in
+    `span_unit`: ``"normalized"`` (fractions of the video) or ``"clips"``. `loss_span` and
+    `loss_iou` come out multiplied by `w_span` and `w_iou` (the dict is the model's own,
+    weighted loss)."""
+    if span_unit not in SPAN_UNITS:
+        raise ValueError(f"span_unit must be one of {SPAN_UNITS}, got {span_unit!r}")
     valid = labels >= 0
     fg = labels >= 1
     vf = valid.float()
@@ -127,13 +137,15 @@ def basic_losses(out: Dict[str, Tensor], labels: Tensor, spans_target: Tensor,
     loss_fg = (bce * vf).sum() / vf.sum().clamp_min(1)
 
     num_clips = valid.sum(1)
-    spans = normalized_spans(clip_spans(out["offsets"]), num_clips)
-    spans_target = normalized_spans(spans_target, num_clips)
+    spans = clip_spans(out["offsets"])
+    if span_unit == "normalized":
+        spans = normalized_spans(spans, num_clips)
+        spans_target = normalized_spans(spans_target, num_clips)
     fgf = fg.float()
     n_fg = fgf.sum().clamp_min(1)
     l1 = (spans - spans_target).abs().sum(-1)
-    loss_span = (l1 * fgf).sum() / n_fg
-    loss_iou = ((1 - span_iou(spans, spans_target)) * fgf).sum() / n_fg
+    loss_span = w_span * (l1 * fgf).sum() / n_fg
+    loss_iou = w_iou * ((1 - span_iou(spans, spans_target)) * fgf).sum() / n_fg
 
     # saliency: every (answer clip, other valid clip) pair of a sample, softplus margin
     sal = out["saliency"]

@@ -2,6 +2,7 @@
 
     cliptbp-synthetic --out data/synthetic/qvh --variant qvh
     cliptbp-synthetic --out data/synthetic/tacos --variant tacos --seed 1
+    cliptbp-synthetic --out data/hard --knob distractor_mix=0.7 --knob crossfade=4
 
 Layout (what `load_qvhighlights` / `load_tacos` read)::
 
@@ -30,6 +31,10 @@ dirs are different random linear views of the latent clip content plus noise.
   one query per event (one window, a median of about 5 % of the video, some shorter than a
   clip); events sharing an object with different actions are the distractors. No saliency.
 
+Difficulty knobs (``Knobs``, ``qvh`` only, all off by default): distractors mixed toward
+the query's action, answer windows one or two clips apart with near-answer gap content,
+boundary cross-fades, per-window variation of the answer's appearance, extra feature noise.
+
 The same parameters give byte-identical files; `generate` does nothing when ``OUT/MANIFEST.json``
 already records the same parameters.
 """
@@ -37,6 +42,7 @@ already records the same parameters.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import math
@@ -44,12 +50,13 @@ import os
 import shutil
 import sys
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-__all__ = ["generate", "main"]
+__all__ = ["Knobs", "generate", "main"]
 
 FORMAT_VERSION = 1
 # the generator's identity in MANIFEST.json (a format name: data sets generated under it stay
@@ -78,6 +85,70 @@ SUBJECTS = {"qvh": ["a person", "a man", "a woman", "someone", "a girl", "a boy"
 TAILS = ["", "", "in the kitchen", "outside", "on a sunny day", "while talking", "in a room",
          "near the window", "with a friend", "slowly", "quickly", "at night", "again"]
 N_BACKGROUND = 24
+KNOB_STREAM = 7  # the knobs' random stream: SeedSequence([seed, variant, KNOB_STREAM])
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Difficulty knobs of the ``qvh`` variant: each puts one of the failure modes that the
+    ClipTBP losses address into the data. All zero (the default) writes exactly the files of
+    a generator without knobs; a knob's random draws come from a stream of their own.
+
+    Attributes:
+        distractor_mix: in ``[0, 1)``: a distractor's action is mixed toward the query's,
+            ``normalize((1 - m) * other + m * query_action)`` (``L_clip``'s hard negatives).
+        gap_fill: in ``[0, 1]``: the answer windows of a query with two or three of them are
+            placed one after another with gaps of one or two clips, and the gap clips carry
+            ``gap_fill * (object + action)``, near-answer content that is not an answer
+            (``L_boun``'s just-outside negatives; gap bridging).
+        crossfade: clips (int ``>= 0``): every clip is a triangular-weighted mean of the
+            clips within this many of it, so content (an answer's included) fades in and out
+            over that many clips on each side of a boundary instead of a hard step.
+        appearance: ``>= 0``: each answer window adds its own random direction of this norm
+            to the answer's content, so the windows of one query differ (answer diversity).
+        noise: ``>= 0``: extra Gaussian noise on every clip, of this expected norm.
+    """
+
+    distractor_mix: float = 0.0
+    gap_fill: float = 0.0
+    crossfade: int = 0
+    appearance: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("distractor_mix", "gap_fill", "appearance", "noise"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise TypeError(f"knob {name} must be a finite number, got {v!r}")
+        if not 0.0 <= self.distractor_mix < 1.0:
+            raise ValueError(f"knob distractor_mix must be in [0, 1), got {self.distractor_mix}")
+        if not 0.0 <= self.gap_fill <= 1.0:
+            raise ValueError(f"knob gap_fill must be in [0, 1], got {self.gap_fill}")
+        if isinstance(self.crossfade, bool) or not isinstance(self.crossfade, int) \
+                or self.crossfade < 0:
+            raise ValueError(f"knob crossfade must be an int >= 0 (clips), got {self.crossfade!r}")
+        for name in ("appearance", "noise"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"knob {name} must be >= 0, got {getattr(self, name)}")
+
+    def active(self) -> Dict[str, float]:
+        """The knobs that differ from the default, by name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}
+
+    @classmethod
+    def from_dict(cls, d: Optional[Dict]) -> "Knobs":
+        if d is None:
+            return cls()
+        if isinstance(d, Knobs):
+            return d
+        if not isinstance(d, dict):
+            raise TypeError(f"knobs must be a dict or Knobs, got {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown knobs {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**d)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -169,8 +240,60 @@ def _bump(length: int) -> np.ndarray:
     return np.sin(math.pi * (np.arange(length) + 0.5) / length)
 
 
-def _qvh_video(world: _World, rng: np.random.Generator, k: int):
-    """One video with k queries: (n, latent [n, D], queries)."""
+def _crossfade(z: np.ndarray, width: int) -> np.ndarray:
+    """Knob ``crossfade``: every clip becomes a triangular-weighted mean of the clips within
+    ``width`` of it (weights ``width + 1 - |d|``, renormalised at the video's ends), so every
+    change of content, the answer's boundaries included, fades over about ``width`` clips on
+    each side, as features of overlapping temporal windows do."""
+    n = z.shape[0]
+    out = np.zeros_like(z)
+    total = np.zeros(n)
+    for d in range(-width, width + 1):
+        w = width + 1 - abs(d)
+        lo, hi = max(0, -d), min(n, n - d)
+        out[lo:hi] += w * z[lo + d:hi + d]
+        total[lo:hi] += w
+    return out / total[:, None]
+
+
+def _group_answers(segs: list, krng: np.random.Generator) -> list:
+    """Knob ``gap_fill``: the answer windows of a query with two or more become one group
+    segment ``[q, "grp", length, action, window lengths, gap lengths]`` with gaps of 1 or 2
+    clips between them (in the windows' drawn order)."""
+    out, groups = [], {}
+    for seg in segs:
+        q, kind = seg[0], seg[1]
+        if kind == "ans" and sum(1 for t in segs if t[0] == q and t[1] == "ans") > 1:
+            if q not in groups:
+                groups[q] = [q, "grp", 0, seg[3], [], []]
+                out.append(groups[q])
+            groups[q][4].append(seg[2])
+        else:
+            out.append(seg)
+    for g in groups.values():
+        g[5] = [int(x) for x in krng.integers(1, 3, size=len(g[4]) - 1)]
+        g[2] = sum(g[4]) + sum(g[5])
+    return out
+
+
+def _shorten(seg: list) -> None:
+    """One clip less: a group loses it from its longest window (or, when every window has one
+    clip, from a two-clip gap)."""
+    seg[2] -= 1
+    if seg[1] != "grp":
+        return
+    wins, gaps = seg[4], seg[5]
+    k = max(range(len(wins)), key=lambda i: wins[i])
+    if wins[k] > 1:
+        wins[k] -= 1
+    else:
+        gaps[gaps.index(2)] -= 1
+
+
+def _qvh_video(world: _World, rng: np.random.Generator, k: int, knobs: Knobs = Knobs(),
+               krng: Optional[np.random.Generator] = None):
+    """One video with k queries: (n, latent [n, D], queries). ``krng`` draws what the knobs
+    need (and nothing when they are all off)."""
     n = 75 if rng.random() < 0.93 else int(rng.integers(60, 75))
     n_obj, n_act = len(world.objects), len(world.actions)
     objs = rng.choice(n_obj, size=k, replace=False)
@@ -183,6 +306,8 @@ def _qvh_video(world: _World, rng: np.random.Generator, k: int):
         for _ in range(int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))):
             other = int(rng.integers(n_act - 1))
             segs.append([q, "dis", _distractor_len(rng), other + (other >= acts[q])])
+    if knobs.gap_fill:
+        segs = _group_answers(segs, krng)
     # fit: keep a gap of at least one clip between segments and 10 % of the video free, by
     # dropping extra distractors, then shortening the longest segment (every query keeps one
     # distractor where possible)
@@ -195,7 +320,7 @@ def _qvh_video(world: _World, rng: np.random.Generator, k: int):
             continue
         longest = max(range(len(segs)), key=lambda i: segs[i][2])
         if segs[longest][2] > 2:
-            segs[longest][2] -= 1
+            _shorten(segs[longest])
         else:  # cannot happen for k <= 3 and n >= 60; kept for safety
             segs.pop(next(i for i, s in enumerate(segs) if s[1] == "dis"))
     m = len(segs)
@@ -214,19 +339,44 @@ def _qvh_video(world: _World, rng: np.random.Generator, k: int):
     busy = np.zeros(n, dtype=bool)
     queries = [{"obj": int(objs[q]), "act": int(acts[q]), "answer": [], "distractor": [],
                 "saliency": {}} for q in range(k)]
-    for st, (q, kind, length, act) in placed:
+
+    def answer(q: int, st: int, length: int, content: np.ndarray) -> None:
         ed = st + length
         bump = _bump(length)
-        strength = 0.6 + 0.4 * bump
-        z[st:ed] += strength[:, None] * (world.objects[objs[q]] + world.actions[act])[None]
+        if knobs.appearance:
+            content = content + knobs.appearance * _unit(krng, 1, D)[0]
+        z[st:ed] += (0.6 + 0.4 * bump)[:, None] * content[None]
         busy[st:ed] = True
+        queries[q]["answer"].append([st, ed])
+        bias = rng.normal(0.0, 0.3, size=3)
+        for i, b in zip(range(st, ed), bump):
+            sc = np.clip(np.round(0.5 + 3.5 * b + bias + rng.normal(0.0, 0.5, size=3)), 0, 4)
+            queries[q]["saliency"][i] = [int(x) for x in sc]
+
+    for st, seg in placed:
+        q, kind, length, act = seg[:4]
         if kind == "ans":
-            queries[q]["answer"].append([st, ed])
-            bias = rng.normal(0.0, 0.3, size=3)
-            for i, b in zip(range(st, ed), bump):
-                s = np.clip(np.round(0.5 + 3.5 * b + bias + rng.normal(0.0, 0.5, size=3)), 0, 4)
-                queries[q]["saliency"][i] = [int(x) for x in s]
+            answer(q, st, length, world.objects[objs[q]] + world.actions[act])
+        elif kind == "grp":
+            content = world.objects[objs[q]] + world.actions[act]
+            t = st
+            for w, win_len in enumerate(seg[4]):
+                answer(q, t, win_len, content)
+                t += win_len
+                if w < len(seg[5]):
+                    z[t:t + seg[5][w]] += knobs.gap_fill * content[None]
+                    busy[t:t + seg[5][w]] = True
+                    t += seg[5][w]
         else:
+            ed = st + length
+            action = world.actions[act]
+            if knobs.distractor_mix:
+                mix = knobs.distractor_mix
+                action = (1.0 - mix) * action + mix * world.actions[acts[q]]
+                action = action / np.linalg.norm(action)
+            z[st:ed] += (0.6 + 0.4 * _bump(length))[:, None] * \
+                (world.objects[objs[q]] + action)[None]
+            busy[st:ed] = True
             queries[q]["distractor"].append([st, ed])
     # background: stretches of 3-10 clips, each a background pattern or an unrelated object
     others = np.setdiff1d(np.arange(n_obj), objs)
@@ -247,17 +397,22 @@ def _qvh_video(world: _World, rng: np.random.Generator, k: int):
                     world.actions[rng.integers(n_act)]
             z[i:e] += pattern[None]
             i = e
+    if knobs.crossfade:
+        z = _crossfade(z, knobs.crossfade)
     z += (0.3 / math.sqrt(D)) * rng.standard_normal(z.shape)
+    if knobs.noise:
+        z += (knobs.noise / math.sqrt(D)) * krng.standard_normal(z.shape)
     return n, z, queries
 
 
 def _qvh_split(world: _World, rng: np.random.Generator, split: str, num_queries: int,
-               qid_start: int):
+               qid_start: int, knobs: Knobs = Knobs(),
+               krng: Optional[np.random.Generator] = None):
     ann, seg_lines, videos = [], [], []
     qid, v = qid_start, 0
     while qid - qid_start < num_queries:
         k = min(2 if rng.random() < 0.7 else 3, num_queries - (qid - qid_start))
-        n, z, queries = _qvh_video(world, rng, k)
+        n, z, queries = _qvh_video(world, rng, k, knobs, krng)
         vid = f"syn{split}{v:05d}_0.0_{2 * n:.1f}"
         videos.append((vid, world.video_features(rng, z)))
         for q in queries:
@@ -378,7 +533,8 @@ def _annotation_name(variant: str, split: str) -> str:
 
 def generate(out_dir: Union[str, Path], variant: str = "qvh", seed: int = 0,
              train: Optional[int] = None, val: Optional[int] = None,
-             video_dims: Sequence[int] = (64, 32), text_dim: int = 32) -> dict:
+             video_dims: Sequence[int] = (64, 32), text_dim: int = 32,
+             knobs: Union[None, Dict, Knobs] = None) -> dict:
     """Write a synthetic data set to ``out_dir`` (see the module docstring).
 
     Args:
@@ -387,6 +543,9 @@ def generate(out_dir: Union[str, Path], variant: str = "qvh", seed: int = 0,
         train, val: number of queries per split (defaults: qvh 1200 / 300, tacos 300 / 100).
         video_dims: widths of the two video feature dirs (slowfast_features, clip_features).
         text_dim: width of the query token features.
+        knobs: difficulty knobs of the ``qvh`` variant (:class:`Knobs` or a dict of its
+            fields); ``None`` or all zero gives the files of the default data set, byte for
+            byte. Active knobs are recorded in the manifest's parameters.
 
     Returns the manifest (parameters, layout, statistics per split) with ``out_dir`` and
     ``generated`` (False when an existing data set with the same parameters was kept).
@@ -402,8 +561,14 @@ def generate(out_dir: Union[str, Path], variant: str = "qvh", seed: int = 0,
                          f"({', '.join(d for d, _ in VIDEO_DIRS)}), got {video_dims}")
     if int(text_dim) < 1 or train < 1 or val < 1:
         raise ValueError("text_dim, train and val must be >= 1")
+    knobs = Knobs.from_dict(knobs)
+    if knobs.active() and variant != "qvh":
+        raise ValueError(f"knobs apply to the 'qvh' variant only, got variant {variant!r} with "
+                         f"knobs {knobs.active()}")
     params = {"format": FORMAT_VERSION, "variant": variant, "seed": int(seed), "train": train,
               "val": val, "video_dims": video_dims, "text_dim": int(text_dim)}
+    if knobs.active():
+        params["knobs"] = knobs.active()
     out = Path(out_dir)
     manifest_path = out / "MANIFEST.json"
     splits = {"train": train, "val": val}
@@ -432,10 +597,14 @@ def generate(out_dir: Union[str, Path], variant: str = "qvh", seed: int = 0,
     world = _World(np.random.default_rng(world_ss), variant, video_dims, int(text_dim))
     stats = {}
     qid_start = 0
-    for split, count, sseq in (("train", train, train_ss), ("val", val, val_ss)):
+    # the knobs' own stream (never drawn from when they are off)
+    knob_ss = np.random.SeedSequence([int(seed), 0 if variant == "qvh" else 1, KNOB_STREAM])
+    for (split, count, sseq), kseq in zip((("train", train, train_ss), ("val", val, val_ss)),
+                                          knob_ss.spawn(2)):
         rng = np.random.default_rng(sseq)
         if variant == "qvh":
-            ann, seg_lines, videos = _qvh_split(world, rng, split, count, qid_start)
+            ann, seg_lines, videos = _qvh_split(world, rng, split, count, qid_start, knobs,
+                                                np.random.default_rng(kseq))
             qid_start += count
         else:
             ann, seg_lines, videos = _tacos_split(world, rng, split, count)
@@ -480,15 +649,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--video-dims", default="64,32",
                    help="widths of slowfast_features,clip_features (default 64,32)")
     p.add_argument("--text-dim", type=int, default=32)
+    p.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="a difficulty knob of the qvh variant (distractor_mix, gap_fill, "
+                        "crossfade, appearance, noise); repeatable")
     a = p.parse_args(argv)
+    knobs = {}
+    for item in a.knob:
+        name, sep, value = item.partition("=")
+        try:
+            knobs[name] = json.loads(value) if sep else None
+        except json.JSONDecodeError:
+            knobs[name] = None
+        if not sep or not isinstance(knobs[name], (int, float)):
+            p.error(f"--knob expects NAME=NUMBER, got {item!r}")
     try:
         dims = [int(x) for x in a.video_dims.split(",")]
     except ValueError:
         p.error(f"--video-dims must be comma-separated ints, got {a.video_dims!r}")
     try:
         summary = generate(a.out, variant=a.variant, seed=a.seed, train=a.train, val=a.val,
-                           video_dims=dims, text_dim=a.text_dim)
-    except ValueError as e:
+                           video_dims=dims, text_dim=a.text_dim, knobs=knobs)
+    except (ValueError, TypeError) as e:
         p.error(str(e))
     state = "wrote" if summary["generated"] else "already up to date:"
     print(f"{state} {summary['out_dir']} ({a.variant}, seed {a.seed})")

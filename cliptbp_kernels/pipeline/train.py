@@ -30,8 +30,10 @@ import torch
 
 from ..criterion import ClipTBPLoss
 from . import data as mr_data
+from .diagnostics import predict_segments
 from .eval import evaluate, load_jsonl
 from .model import (
+    SPAN_UNITS,
     MomentModel,
     basic_losses,
     clip_spans,
@@ -71,9 +73,18 @@ class TrainConfig:
     grad_clip: float = 1.0
     seed: int = 0
     cliptbp: bool = True
+    # the model's own span losses (model.basic_losses): unit of the L1 / IoU comparison
+    # ("normalized": fractions of the video, or "clips") and their weights
+    span_unit: str = "normalized"
+    w_span: float = 1.0
+    w_iou: float = 1.0
+    # the foreground-threshold decoder's threshold (diagnostics.segment_windows); its metrics
+    # are written beside those of the per-clip proposals with NMS
+    fg_threshold: float = 0.5
     w_clip: float = 3.0
     w_boun: float = 3.0
     w_aux: float = 2.0
+    aux_beta: float = 1.0  # SmoothL1 threshold of L_b_aux (spans in fractions of the video)
     k: int = 20
     tau: float = 0.07
     positives: str = "any"
@@ -102,6 +113,15 @@ class TrainConfig:
         if (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
                 or self.num_workers < 0):
             raise ValueError(f"num_workers must be an int >= 0, got {self.num_workers!r}")
+        if self.span_unit not in SPAN_UNITS:
+            raise ValueError(f"span_unit must be one of {SPAN_UNITS}, got {self.span_unit!r}")
+        for name in ("w_span", "w_iou", "aux_beta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
+                raise ValueError(f"{name} must be a number >= 0, got {v!r}")
+        if isinstance(self.fg_threshold, bool) or not isinstance(self.fg_threshold, (int, float)) \
+                or not 0 < self.fg_threshold < 1:
+            raise ValueError(f"fg_threshold must be in (0, 1), got {self.fg_threshold!r}")
 
 
 def set_seed(seed: int) -> None:
@@ -156,12 +176,16 @@ def _to(batch: Dict, device: torch.device) -> Dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def training_step(model, criterion, batch: Dict, clip_len: float) -> Dict[str, torch.Tensor]:
-    """Losses of one batch: the model's own, plus ClipTBP's when `criterion` is given."""
+def training_step(model, criterion, batch: Dict, clip_len: float,
+                  cfg: Optional["TrainConfig"] = None) -> Dict[str, torch.Tensor]:
+    """Losses of one batch: the model's own (span unit and weights of `cfg`, default
+    TrainConfig's), plus ClipTBP's when `criterion` is given."""
+    cfg = cfg or TrainConfig()
     out = model(batch["video"], batch["video_mask"], batch["text"], batch["text_mask"])
     labels = batch["labels"]
     spans_t = target_spans(labels, batch["windows"], clip_len)
-    basic = basic_losses(out, labels, spans_t, batch["saliency"])
+    basic = basic_losses(out, labels, spans_t, batch["saliency"], span_unit=cfg.span_unit,
+                         w_span=cfg.w_span, w_iou=cfg.w_iou)
     if criterion is None:
         total = sum(basic.values())
         return {"loss": total, **basic}
@@ -172,15 +196,20 @@ def training_step(model, criterion, batch: Dict, clip_len: float) -> Dict[str, t
 
 
 @torch.no_grad()
-def predict(model, loader, device) -> List[dict]:
+def predict(model, loader, device, fg_threshold: Optional[float] = None):
+    """Validation predictions of the per-clip proposals with NMS; with `fg_threshold`, the
+    pair (those, the foreground-threshold segments')."""
     model.eval()
     lines: List[dict] = []
+    segs: List[dict] = []
     for batch in loader:
         batch = _to(batch, device)
         out = model(batch["video"], batch["video_mask"], batch["text"], batch["text_mask"])
         lines.extend(predict_windows(out, batch["num_clips"], batch["meta"]))
+        if fg_threshold is not None:
+            segs.extend(predict_segments(out, batch["num_clips"], batch["meta"], fg_threshold))
     model.train()
-    return lines
+    return lines if fg_threshold is None else (lines, segs)
 
 
 def _save_jsonl(path: Path, lines: List[dict]) -> None:
@@ -224,7 +253,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     if cfg.cliptbp:
         criterion = ClipTBPLoss(w_clip=cfg.w_clip, w_boun=cfg.w_boun, w_aux=cfg.w_aux, k=cfg.k,
                                 tau=cfg.tau, positives=cfg.positives, negatives=cfg.negatives,
-                                radius=cfg.radius, backend=cfg.backend)
+                                radius=cfg.radius, aux_beta=cfg.aux_beta, backend=cfg.backend)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, (len(train_ds) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, pct_start=0.1,
@@ -260,7 +289,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         for batch in it:
             batch = _to(batch, device)
             t0 = time.perf_counter()
-            losses = training_step(model, criterion, batch, cfg.clip_len)
+            losses = training_step(model, criterion, batch, cfg.clip_len, cfg)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -274,11 +303,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
                 it.set_postfix(loss=f"{sums['loss'] / n:.4f}")
         record = {"epoch": epoch + 1, **{k: v / max(n, 1) for k, v in sums.items()}}
         if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-            preds = predict(model, val_loader, device)
+            preds, segs = predict(model, val_loader, device, cfg.fg_threshold)
             _save_jsonl(out_dir / "val_submission.jsonl", preds)
+            _save_jsonl(out_dir / "val_submission_segments.jsonl", segs)
             metrics = evaluate(preds, gt_val)["brief"]
             record.update({k: metrics[k] for k in HEADLINE if k in metrics})
             (out_dir / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
+            seg_metrics = evaluate(segs, gt_val)["brief"]
+            (out_dir / "val_metrics_segments.json").write_text(json.dumps(seg_metrics, indent=2))
         history.append(record)
         print(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(
             f"{k}={v:.4g}" for k, v in record.items() if k != "epoch" and isinstance(v, float)))
@@ -290,8 +322,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         print(f"stopped after epoch {end_epoch}; continue with --resume")
         return {"config": dataclasses.asdict(cfg), "history": history, "val": None}
     final = json.loads((out_dir / "val_metrics.json").read_text())
+    final_segments = json.loads((out_dir / "val_metrics_segments.json").read_text())
     warm = step_times[3:] or step_times
     summary = {"config": dataclasses.asdict(cfg), "history": history, "val": final,
+               "val_segments": final_segments,
                "step_ms": 1000 * float(np.median(warm)) if warm else float("nan")}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     keys = ["epoch", "loss"] + [k for k in HEADLINE if any(k in r for r in history)]

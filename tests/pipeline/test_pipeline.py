@@ -54,6 +54,36 @@ def test_model_shapes_and_losses():
     assert all(p.grad is not None for p in m.fg_head.parameters())
 
 
+def test_span_unit_and_weights_of_the_models_own_span_losses():
+    """In clip units the L1 is the normalised one times the video's clips (all 10 here); the
+    IoU does not depend on the unit; the weights multiply."""
+    torch.manual_seed(0)
+    out = {"offsets": torch.rand(2, 10, 2) * 3, "fg_logits": torch.randn(2, 10),
+           "saliency": torch.randn(2, 10)}
+    labels = torch.zeros(2, 10, dtype=torch.long)
+    labels[:, 3:7] = 1
+    spans_t = target_spans(labels, [[[6.0, 14.0]]] * 2, 2.0)
+    norm = basic_losses(out, labels, spans_t, torch.zeros(2, 10))
+    clips = basic_losses(out, labels, spans_t, torch.zeros(2, 10), span_unit="clips")
+    assert float(clips["loss_span"]) == pytest.approx(10 * float(norm["loss_span"]), rel=1e-5)
+    assert float(clips["loss_iou"]) == pytest.approx(float(norm["loss_iou"]), rel=1e-5)
+    w = basic_losses(out, labels, spans_t, torch.zeros(2, 10), w_span=10.0, w_iou=0.5)
+    assert float(w["loss_span"]) == pytest.approx(10 * float(norm["loss_span"]), rel=1e-5)
+    assert float(w["loss_iou"]) == pytest.approx(0.5 * float(norm["loss_iou"]), rel=1e-5)
+    assert float(w["loss_fg"]) == float(norm["loss_fg"])
+    with pytest.raises(ValueError, match="span_unit"):
+        basic_losses(out, labels, spans_t, torch.zeros(2, 10), span_unit="seconds")
+
+
+@pytest.mark.parametrize("bad,match", [({"span_unit": "s"}, "span_unit"),
+                                       ({"w_span": -1.0}, "w_span"),
+                                       ({"aux_beta": "x"}, "aux_beta"),
+                                       ({"fg_threshold": 1.0}, "fg_threshold")])
+def test_train_config_checks_the_new_fields(bad, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**bad)
+
+
 def test_clip_spans_and_predictions():
     offsets = torch.tensor([[[0.5, 0.5], [1.5, 2.5], [0.1, 0.1]]])
     spans = clip_spans(offsets)
@@ -82,6 +112,10 @@ def test_train_runs_and_evaluates(tiny_root, tmp_path, cliptbp):
     assert evaluate(preds, gt)["brief"] == summary["val"]
     for line in preds:
         assert 1 <= len(line["pred_relevant_windows"]) <= 10
+    # the foreground-threshold decoder's predictions and metrics, beside
+    segs = load_jsonl(tmp_path / "run" / "val_submission_segments.jsonl")
+    assert evaluate(segs, gt)["brief"] == summary["val_segments"]
+    assert [s["qid"] for s in segs] == [p["qid"] for p in preds]
 
 
 def test_resume_ends_exactly_like_an_uninterrupted_run(tiny_root, tmp_path):
