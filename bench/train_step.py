@@ -55,7 +55,8 @@ def child_main(spec: dict) -> int:
     train_ds, _, _ = build_datasets(cfg)
     sample = train_ds[0]
     model = MomentModel(sample["video"].shape[-1], sample["text"].shape[-1], cfg.hidden,
-                        cfg.layers, cfg.heads, cfg.dropout)
+                        cfg.layers, cfg.heads, cfg.dropout, cfg.offset_scale,
+                        cfg.offset_head)
     criterion = ClipTBPLoss(w_clip=cfg.w_clip, w_boun=cfg.w_boun, w_aux=cfg.w_aux, k=cfg.k,
                             tau=cfg.tau, backend=cfg.backend)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)

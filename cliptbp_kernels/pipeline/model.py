@@ -14,7 +14,7 @@ model's own training losses; `predict_windows` turns the outputs into ranked win
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,18 +34,53 @@ def sinusoidal_positions(T: int, dim: int, device=None) -> Tensor:
     return pe
 
 
+OFFSET_HEADS = ("mlp", "tcn")
+
+
+class TemporalConvHead(nn.Module):
+    """Per-clip outputs from dilated 1-D convolutions over the clips (kernel 3, dilations 1,
+    2, 4, 8, 16, residual, GELU; receptive field 63 clips), padding clips zeroed before each
+    layer. A clip's distance to its window's edges is where the content changes along time,
+    which attention (softmax-normalised: it cannot count clips) finds hard to read."""
+
+    def __init__(self, hidden: int, out: int, dilations: Sequence[int] = (1, 2, 4, 8, 16)
+                 ) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv1d(hidden, hidden, 3, padding=d, dilation=d)
+                                   for d in dilations)
+        self.out = nn.Linear(hidden, out)
+
+    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
+        m = mask.unsqueeze(1).to(h.dtype)          # [B, 1, T]
+        x = h.transpose(1, 2) * m
+        for conv in self.convs:
+            x = (x + F.gelu(conv(x))) * m
+        return self.out(x.transpose(1, 2))
+
+
 class MomentModel(nn.Module):
     """Joint video-text transformer encoder with per-clip heads.
 
     Args:
         video_dim, text_dim: input feature widths.
         hidden: model width; layers, heads: encoder depth and attention heads.
+        offset_scale: the offsets are ``offset_scale * softplus(head)`` clips. Adam moves a
+            weight by at most about the learning rate per step, so an output that must reach
+            tens of clips from a unit-scale head takes many steps; a scale near a typical
+            half-window puts the head's unit scale where the targets are.
+        offset_head: ``"mlp"`` (per clip) or ``"tcn"`` (dilated temporal convolutions over
+            the encoded clips, receptive field 63 clips, see :class:`TemporalConvHead`).
     """
 
     def __init__(self, video_dim: int, text_dim: int, hidden: int = 128, layers: int = 2,
-                 heads: int = 4, dropout: float = 0.1) -> None:
+                 heads: int = 4, dropout: float = 0.1, offset_scale: float = 1.0,
+                 offset_head: str = "mlp") -> None:
         super().__init__()
+        if isinstance(offset_scale, bool) or not isinstance(offset_scale, (int, float)) \
+                or not offset_scale > 0:
+            raise ValueError(f"offset_scale must be a number > 0, got {offset_scale!r}")
         self.hidden = hidden
+        self.offset_scale = float(offset_scale)
         self.video_proj = nn.Sequential(nn.LayerNorm(video_dim), nn.Linear(video_dim, hidden),
                                         nn.GELU(), nn.Dropout(dropout))
         self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, hidden),
@@ -56,8 +91,13 @@ class MomentModel(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(hidden)
         self.fg_head = nn.Linear(hidden, 1)
-        self.offset_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
-                                         nn.Linear(hidden, 2))
+        if offset_head not in OFFSET_HEADS:
+            raise ValueError(f"offset_head must be one of {OFFSET_HEADS}, got {offset_head!r}")
+        if offset_head == "tcn":
+            self.offset_head = TemporalConvHead(hidden, 2)
+        else:
+            self.offset_head = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
+                                             nn.Linear(hidden, 2))
         self.saliency_head = nn.Linear(hidden, 1)
 
     def forward(self, video: Tensor, video_mask: Tensor, text: Tensor,
@@ -73,7 +113,11 @@ class MomentModel(nn.Module):
         return {
             "video_emb": hv,
             "fg_logits": self.fg_head(hv).squeeze(-1),
-            "offsets": F.softplus(self.offset_head(hv)),  # (to start, to end), in clips, >= 0
+            # (to start, to end), in clips, >= 0
+            "offsets": self.offset_scale * F.softplus(
+                self.offset_head(hv, video_mask) if isinstance(self.offset_head,
+                                                               TemporalConvHead)
+                else self.offset_head(hv)),
             "saliency": self.saliency_head(hv).squeeze(-1),
         }
 

@@ -33,6 +33,7 @@ from . import data as mr_data
 from .diagnostics import predict_segments
 from .eval import evaluate, load_jsonl
 from .model import (
+    OFFSET_HEADS,
     SPAN_UNITS,
     MomentModel,
     basic_losses,
@@ -76,6 +77,8 @@ class TrainConfig:
     # the model's own span losses (model.basic_losses): unit of the L1 / IoU comparison
     # ("normalized": fractions of the video, or "clips") and their weights
     span_unit: str = "normalized"
+    offset_scale: float = 1.0  # MomentModel's offsets are offset_scale * softplus(head) clips
+    offset_head: str = "mlp"  # MomentModel's offset head: "mlp" (per clip) or "tcn"
     w_span: float = 1.0
     w_iou: float = 1.0
     # the foreground-threshold decoder's threshold (diagnostics.segment_windows); its metrics
@@ -85,6 +88,9 @@ class TrainConfig:
     w_boun: float = 3.0
     w_aux: float = 2.0
     aux_beta: float = 1.0  # SmoothL1 threshold of L_b_aux (spans in fractions of the video)
+    # log ClipTBP's three terms (unweighted, without gradient) as term_clip, term_boun and
+    # term_aux in every run, with or without ClipTBP in the loss
+    log_terms: bool = False
     k: int = 20
     tau: float = 0.07
     positives: str = "any"
@@ -113,8 +119,14 @@ class TrainConfig:
         if (isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int)
                 or self.num_workers < 0):
             raise ValueError(f"num_workers must be an int >= 0, got {self.num_workers!r}")
+        if self.offset_head not in OFFSET_HEADS:
+            raise ValueError(f"offset_head must be one of {OFFSET_HEADS}, got "
+                             f"{self.offset_head!r}")
         if self.span_unit not in SPAN_UNITS:
             raise ValueError(f"span_unit must be one of {SPAN_UNITS}, got {self.span_unit!r}")
+        if isinstance(self.offset_scale, bool) or \
+                not isinstance(self.offset_scale, (int, float)) or not self.offset_scale > 0:
+            raise ValueError(f"offset_scale must be a number > 0, got {self.offset_scale!r}")
         for name in ("w_span", "w_iou", "aux_beta"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0:
@@ -177,22 +189,32 @@ def _to(batch: Dict, device: torch.device) -> Dict:
 
 
 def training_step(model, criterion, batch: Dict, clip_len: float,
-                  cfg: Optional["TrainConfig"] = None) -> Dict[str, torch.Tensor]:
+                  cfg: Optional["TrainConfig"] = None,
+                  monitor: Optional[ClipTBPLoss] = None) -> Dict[str, torch.Tensor]:
     """Losses of one batch: the model's own (span unit and weights of `cfg`, default
-    TrainConfig's), plus ClipTBP's when `criterion` is given."""
+    TrainConfig's), plus ClipTBP's when `criterion` is given. With `monitor` (a ClipTBPLoss
+    with unit weights) ClipTBP's three terms are added as ``term_clip``, ``term_boun`` and
+    ``term_aux``, computed without gradient (they never enter the loss)."""
     cfg = cfg or TrainConfig()
     out = model(batch["video"], batch["video_mask"], batch["text"], batch["text_mask"])
     labels = batch["labels"]
     spans_t = target_spans(labels, batch["windows"], clip_len)
     basic = basic_losses(out, labels, spans_t, batch["saliency"], span_unit=cfg.span_unit,
                          w_span=cfg.w_span, w_iou=cfg.w_iou)
-    if criterion is None:
-        total = sum(basic.values())
-        return {"loss": total, **basic}
     n = batch["video_mask"].sum(1)
-    return criterion(out["video_emb"], labels, basic=basic,
-                     pred_spans=normalized_spans(clip_spans(out["offsets"]), n),
-                     target_spans=normalized_spans(spans_t, n), span_mask=labels >= 1)
+    spans = dict(pred_spans=normalized_spans(clip_spans(out["offsets"]), n),
+                 target_spans=normalized_spans(spans_t, n), span_mask=labels >= 1)
+    if criterion is None:
+        res = {"loss": sum(basic.values()), **basic}
+    else:
+        res = criterion(out["video_emb"], labels, basic=basic, **spans)
+    if monitor is not None:
+        with torch.no_grad():
+            terms = monitor(out["video_emb"].detach(), labels,
+                            **{k: v.detach() for k, v in spans.items()})
+        res.update(term_clip=terms["loss_clip"], term_boun=terms["loss_boun"],
+                   term_aux=terms["loss_aux"])
+    return res
 
 
 @torch.no_grad()
@@ -248,12 +270,18 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     train_ds, val_ds, layout = build_datasets(cfg)
     sample = train_ds[0]
     model = MomentModel(sample["video"].shape[-1], sample["text"].shape[-1], cfg.hidden,
-                        cfg.layers, cfg.heads, cfg.dropout).to(device)
+                        cfg.layers, cfg.heads, cfg.dropout, cfg.offset_scale,
+                        cfg.offset_head).to(device)
     criterion = None
     if cfg.cliptbp:
         criterion = ClipTBPLoss(w_clip=cfg.w_clip, w_boun=cfg.w_boun, w_aux=cfg.w_aux, k=cfg.k,
                                 tau=cfg.tau, positives=cfg.positives, negatives=cfg.negatives,
                                 radius=cfg.radius, aux_beta=cfg.aux_beta, backend=cfg.backend)
+    monitor = None
+    if cfg.log_terms:
+        monitor = ClipTBPLoss(w_clip=1.0, w_boun=1.0, w_aux=1.0, k=cfg.k, tau=cfg.tau,
+                              positives=cfg.positives, negatives=cfg.negatives,
+                              radius=cfg.radius, aux_beta=cfg.aux_beta, backend=cfg.backend)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, (len(train_ds) + cfg.batch_size - 1) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, pct_start=0.1,
@@ -289,7 +317,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
         for batch in it:
             batch = _to(batch, device)
             t0 = time.perf_counter()
-            losses = training_step(model, criterion, batch, cfg.clip_len, cfg)
+            losses = training_step(model, criterion, batch, cfg.clip_len, cfg, monitor)
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

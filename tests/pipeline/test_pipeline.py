@@ -54,6 +54,47 @@ def test_model_shapes_and_losses():
     assert all(p.grad is not None for p in m.fg_head.parameters())
 
 
+def test_temporal_conv_head_ignores_padding_and_sees_63_clips():
+    from cliptbp_kernels.pipeline.model import TemporalConvHead
+
+    torch.manual_seed(0)
+    head = TemporalConvHead(8, 2)
+    h = torch.randn(2, 100, 8)
+    mask = torch.ones(2, 100, dtype=torch.bool)
+    mask[1, 60:] = False
+    out = head(h, mask)
+    assert out.shape == (2, 100, 2)
+    h2 = h.clone()
+    h2[1, 60:] = 1e6                                   # padding content never leaks in
+    assert torch.equal(head(h2, mask)[1, :60], out[1, :60])
+    # clip 50 sees clips 19..81 (31 on each side), not 18 or 82
+    for far, seen in ((81, True), (82, False), (19, True), (18, False)):
+        h3 = h.clone()
+        h3[0, far] += 1.0
+        assert (not torch.equal(head(h3, mask)[0, 50], out[0, 50])) == seen, far
+
+
+def test_model_offset_options():
+    torch.manual_seed(0)
+    video, vmask = torch.randn(2, 9, 6), torch.ones(2, 9, dtype=torch.bool)
+    text, tmask = torch.randn(2, 3, 4), torch.ones(2, 3, dtype=torch.bool)
+    m = MomentModel(6, 4, hidden=8, layers=1, heads=2, offset_head="tcn", offset_scale=8.0)
+    out = m(video, vmask, text, tmask)
+    assert out["offsets"].shape == (2, 9, 2) and (out["offsets"] >= 0).all()
+    torch.manual_seed(0)
+    one = MomentModel(6, 4, hidden=8, layers=1, heads=2, offset_head="tcn")
+    one.load_state_dict(m.state_dict())
+    one.eval(), m.eval()
+    assert torch.allclose(m(video, vmask, text, tmask)["offsets"],
+                          8 * one(video, vmask, text, tmask)["offsets"])
+    with pytest.raises(ValueError, match="offset_head"):
+        MomentModel(6, 4, offset_head="lstm")
+    with pytest.raises(ValueError, match="offset_scale"):
+        MomentModel(6, 4, offset_scale=0)
+    with pytest.raises(ValueError, match="offset_head"):
+        TrainConfig(offset_head="conv")
+
+
 def test_span_unit_and_weights_of_the_models_own_span_losses():
     """In clip units the L1 is the normalised one times the video's clips (all 10 here); the
     IoU does not depend on the unit; the weights multiply."""
@@ -116,6 +157,19 @@ def test_train_runs_and_evaluates(tiny_root, tmp_path, cliptbp):
     segs = load_jsonl(tmp_path / "run" / "val_submission_segments.jsonl")
     assert evaluate(segs, gt)["brief"] == summary["val_segments"]
     assert [s["qid"] for s in segs] == [p["qid"] for p in preds]
+
+
+def test_logged_terms_never_change_the_training(tiny_root, tmp_path):
+    """log_terms adds ClipTBP's three terms to the history of a baseline run, computed
+    without gradient: the run's own losses and predictions stay bit for bit the same."""
+    plain = train(TrainConfig(data=str(tiny_root), epochs=2, out=str(tmp_path / "a"),
+                              cliptbp=False, **TINY))
+    logged = train(TrainConfig(data=str(tiny_root), epochs=2, out=str(tmp_path / "b"),
+                               cliptbp=False, log_terms=True, **TINY))
+    for a, b in zip(plain["history"], logged["history"]):
+        assert {k: v for k, v in b.items() if not k.startswith("term_")} == a
+        assert {"term_clip", "term_boun", "term_aux"} <= set(b) and b["term_clip"] > 0
+    assert logged["val"] == plain["val"]
 
 
 def test_resume_ends_exactly_like_an_uninterrupted_run(tiny_root, tmp_path):
