@@ -4,6 +4,7 @@ ClipTBP result.)
 
     python -m cliptbp_kernels.pipeline.study admission      # raw-input L_clip / L_boun
     python -m cliptbp_kernels.pipeline.study select         # freeze the reference model
+    python -m cliptbp_kernels.pipeline.study run            # the study (about 80 min)
 
 ``admission`` computes, for every setting, ClipTBP's two contrastive terms on the raw input
 features of the validation split (the first half of the admission rule; no training).
@@ -129,16 +130,20 @@ def admission(root: Path, seed: int = DATA_SEED) -> Dict[str, Dict[str, float]]:
     return out
 
 
-def run_many(configs: Sequence[Dict], workers: int = 2) -> List[Dict]:
-    """Train every TrainConfig dict, ``workers`` at a time, each in its own process with one
-    torch thread (on 2 cores two one-thread runs side by side finish about 1.5x sooner than
-    one after the other with two threads each). A run whose ``OUT/summary.json`` exists is
-    kept. Returns the summaries, in order; a failed run raises with its log's tail."""
+def run_many(configs: Sequence[Dict], workers: int = 2, threads: int = 1) -> List[Dict]:
+    """Train every TrainConfig dict, ``workers`` at a time, each in its own process with
+    ``threads`` torch threads (on 2 cores two one-thread runs side by side finish about 1.5x
+    sooner than one after the other with two threads each); ``workers=0`` trains them one
+    after the other in this process (tests). A run whose ``OUT/summary.json`` exists is kept.
+    Each run's wall clock goes to ``OUT/wall.json``. Returns the summaries, in order; a
+    failed run raises with its log's tail."""
     import os
     import subprocess
     from concurrent.futures import ThreadPoolExecutor
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    from .train import TrainConfig, train
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
 
     def one(cfg: Dict) -> Dict:
         out = Path(cfg["out"])
@@ -148,17 +153,25 @@ def run_many(configs: Sequence[Dict], workers: int = 2) -> List[Dict]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_config.json").write_text(json.dumps(cfg, indent=1))
         t0 = time.perf_counter()
-        with open(out / "log.txt", "w") as log:
-            rc = subprocess.call([sys.executable, "-m", "cliptbp_kernels.pipeline.train",
-                                  "--config", str(out / "run_config.json")],
-                                 stdout=log, stderr=subprocess.STDOUT, env=env)
-        if rc != 0:
-            tail = (out / "log.txt").read_text()[-2000:]
-            raise RuntimeError(f"run {out} failed (exit {rc}):\n{tail}")
-        print(f"  done {out.name} in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+        if workers == 0:
+            train(TrainConfig(**cfg))
+        else:
+            with open(out / "log.txt", "w") as log:
+                rc = subprocess.call([sys.executable, "-m", "cliptbp_kernels.pipeline.train",
+                                      "--config", str(out / "run_config.json")],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env)
+            if rc != 0:
+                tail = (out / "log.txt").read_text()[-2000:]
+                raise RuntimeError(f"run {out} failed (exit {rc}):\n{tail}")
+        wall = time.perf_counter() - t0
+        (out / "wall.json").write_text(json.dumps({"wall_s": wall, "threads": threads,
+                                                   "workers": workers}))
+        print(f"  done {out.name} in {wall / 60:.1f} min", flush=True)
         return json.loads(done.read_text())
 
-    with ThreadPoolExecutor(max_workers=max(1, int(workers))) as pool:
+    if workers == 0:
+        return [one(c) for c in configs]
+    with ThreadPoolExecutor(max_workers=int(workers)) as pool:
         return list(pool.map(one, configs))
 
 
@@ -293,7 +306,42 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                    help="folder of selection-round<R>.{json,md}")
     s.add_argument("--round", type=int, default=max(CANDIDATE_ROUNDS),
                    choices=sorted(CANDIDATE_ROUNDS), help="candidate set")
+    r = sub.add_parser("run", help="the whole study: runs, statistics, verdict, pictures")
+    r.add_argument("--data-dir", default="data/study")
+    r.add_argument("--runs", default="runs/study")
+    r.add_argument("--out", default="docs/study/results")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    r.add_argument("--workers", type=int, default=2,
+                   help="runs side by side, one torch thread each (0: in this process)")
+    r.add_argument("--no-tacos", action="store_true", help="skip the long-video runs")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a TrainConfig field of every run (e.g. epochs=1)")
+    r.add_argument("--sizes", default=None, metavar="TRAIN,VAL",
+                   help="queries per split of the QVHighlights-like data (default 1200,300)")
+    r.add_argument("--tacos-sizes", default=None, metavar="TRAIN,VAL")
+    r.add_argument("--resamples", type=int, default=10000)
     args = p.parse_args(argv)
+    if args.cmd == "run":
+        from .study_run import run_study
+        from .train import parse_overrides
+
+        def sizes(text):
+            if text is None:
+                return None
+            try:
+                tr, va = (int(x) for x in text.split(","))
+            except ValueError:
+                p.error(f"sizes must be TRAIN,VAL, got {text!r}")
+            return {"train": tr, "val": va}
+
+        cmd = "python -m cliptbp_kernels.pipeline.study " + " ".join(
+            argv if argv is not None else sys.argv[1:])
+        run_study(Path(args.data_dir), Path(args.runs), Path(args.out), args.settings,
+                  args.seeds, sizes(args.sizes), sizes(args.tacos_sizes),
+                  parse_overrides(args.set), args.workers, args.resamples,
+                  not args.no_tacos, cmd)
+        return 0
     if args.cmd == "admission":
         res = admission(Path(args.data_dir), args.seed)
         if args.out:

@@ -95,3 +95,30 @@ def test_decode_thresholds_reproduces_the_runs_own_decoder(tiny_runs):
     assert res["0.5"]["MR-full-mAP"] == own["MR-full-mAP"]
     assert res["0.5"]["boundary_error_s"] == pytest.approx(own["boundary_error_s"])
     assert set(res) == {"0.3", "0.5"}
+
+
+def test_the_study_end_to_end_on_a_tiny_configuration(tmp_path):
+    """Every run of the study (two settings, two seeds, the ablations and top-k at
+    'combined', the three long-video runs), its statistics, verdict, tables and pictures,
+    on tiny data in this process."""
+    from cliptbp_kernels.pipeline.study import main
+
+    out = tmp_path / "out"
+    assert main(["run", "--data-dir", str(tmp_path / "data"), "--runs", str(tmp_path / "runs"),
+                 "--out", str(out), "--seeds", "0", "1", "--settings", "default", "combined",
+                 "--workers", "0", "--sizes", "24,16", "--tacos-sizes", "4,2",
+                 "--resamples", "200", "--set", "epochs=1", "--set", "hidden=16",
+                 "--set", "layers=1", "--set", "heads=2", "--set", "batch_size=8"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["outcome"] in ("support", "falsified", "inconclusive")
+    assert len(res["runs"]) == 2 * 2 * 2 + 5 * 2    # settings x arms x seeds + combined extras
+    assert set(res["paired"]) == {"cliptbp", "clip-only", "boun-only", "aux-only", "k5", "k50"}
+    row = res["paired"]["cliptbp"]["combined"]["nms"]["MR-full-mAP"]
+    assert row["bootstrap"]["lo"] <= row["bootstrap"]["mean"] <= row["bootstrap"]["hi"]
+    assert set(res["tacos"]) == {"baseline", "cliptbp", "cliptbp-reference"}
+    assert all(r["last_terms"]["term_clip"] is not None for r in res["runs"])
+    assert res["admission"]["combined"]["L_clip"] > 0
+    for name in ("report.md", "paired.csv", "runs.csv", "gain_vs_difficulty.png",
+                 "training_curves.png", "timelines.png", "embeddings.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert "Verdict" in (out / "report.md").read_text()
