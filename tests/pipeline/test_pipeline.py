@@ -204,14 +204,23 @@ def test_cli_and_config_errors(tiny_root, tmp_path, capsys):
 def test_compare_main_job(tiny_root, tmp_path):
     result = compare.main(["--data", str(tiny_root), "--seeds", "0", "1", "--epochs", "1",
                            "--out", str(tmp_path / "cmp"), "--timing-T", "40",
-                           "--timing-steps", "1", "--no-progress",
+                           "--timing-steps", "1", "--workers", "0",
                            *sum((["--set", f"{k}={json.dumps(v)}"] for k, v in TINY.items()), [])])
     assert len(result["runs"]) == 4
     assert {r["cliptbp"] for r in result["runs"]} == {False, True}
     assert set(result["timing"]) == {"cpu", "reference"}
+    # the frozen reference model of the study, ClipTBP's terms logged in both settings
+    cfg = json.loads((tmp_path / "cmp" / "baseline-seed0" / "config.json").read_text())
+    assert cfg["offset_head"] == "tcn" and cfg["log_terms"] and not cfg["cliptbp"]
+    for r in result["runs"]:
+        assert set(r["errors"]) == {"nms", "segments"}
+        assert r["val_segments"]["MR-full-mAP"] is not None
     report = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "with ClipTBP" in report and "baseline losses only" in report
+    assert "foreground-threshold segments" in report and "paired by seed" in report
     assert "speed-up" in report
+    for name in ("training_curves.png", "timelines.png", "embeddings.png"):
+        assert (tmp_path / "cmp" / name).stat().st_size > 0
 
 
 def test_loader_workers_change_nothing(tiny_root, tmp_path):
