@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from . import study
+from . import study_design as study
 from .study_stats import DELTA, paired_bootstrap, paired_t, verdict
 
 __all__ = ["SEEDS", "ABLATIONS", "TOPK", "METRICS", "jobs", "run_study"]

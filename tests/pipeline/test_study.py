@@ -86,7 +86,7 @@ def test_run_many_reports_a_failed_run(tmp_path):
 
 
 def test_decode_thresholds_reproduces_the_runs_own_decoder(tiny_runs):
-    from cliptbp_kernels.pipeline.study import _run_metrics
+    from cliptbp_kernels.pipeline.study_design import _run_metrics
 
     root, cfgs, _ = tiny_runs
     run = Path(cfgs[0]["out"])
