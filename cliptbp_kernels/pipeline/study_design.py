@@ -185,18 +185,9 @@ def decode_thresholds(run_dir: Path, data_root: Path, thresholds: Sequence[float
     """The foreground decoder's metrics at each threshold, from a run's checkpoint."""
     from .diagnostics import error_rates, predict_segments
     from .eval import evaluate, load_jsonl
-    from .model import MomentModel
-    from .train import TrainConfig, build_datasets, make_loader
+    from .train import load_run, make_loader
 
-    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    _, val_ds, _ = build_datasets(cfg)
-    sample = val_ds[0]
-    model = MomentModel(sample["video"].shape[-1], sample["text"].shape[-1], cfg.hidden,
-                        cfg.layers, cfg.heads, cfg.dropout, cfg.offset_scale,
-                        cfg.offset_head)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    model, cfg, val_ds = load_run(run_dir)
     outs = []
     for batch in make_loader(val_ds, cfg, shuffle=False, seed=cfg.seed):
         out = model(batch["video"], batch["video_mask"], batch["text"], batch["text_mask"])

@@ -117,17 +117,9 @@ def timelines(path: Path, gt: List[Dict], segments: List[Dict], preds: Dict[str,
 @torch.no_grad()
 def _clip_embeddings(run_dir: Path, qids: Sequence) -> Dict:
     """The encoder's clip embeddings of a run's checkpoint on validation queries."""
-    from .model import MomentModel
-    from .train import TrainConfig, build_datasets
+    from .train import load_run
 
-    ckpt = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    _, val_ds, _ = build_datasets(cfg)
-    sample = val_ds[0]
-    model = MomentModel(sample["video"].shape[-1], sample["text"].shape[-1], cfg.hidden,
-                        cfg.layers, cfg.heads, cfg.dropout, cfg.offset_scale, cfg.offset_head)
-    model.load_state_dict(ckpt["model"])
-    model.eval()
+    model, _, val_ds = load_run(run_dir)
     index = {val_ds[i]["qid"]: i for i in range(len(val_ds))}
     out = {}
     for q in qids:

@@ -76,6 +76,7 @@ def tacos_jobs(data_dir: Path, runs_dir: Path, sizes: Optional[Dict] = None,
                overrides: Optional[Dict] = None, seed: int = 0) -> List[Dict]:
     """The long-video runs on the TACoS-like variant (one training seed)."""
     from .synthetic import generate
+    from .train import TrainConfig
 
     root = Path(data_dir) / f"tacos-s{study.DATA_SEED}"
     generate(root, "tacos", seed=study.DATA_SEED, **(sizes or {}))
@@ -88,7 +89,7 @@ def tacos_jobs(data_dir: Path, runs_dir: Path, sizes: Optional[Dict] = None,
                    out=str(Path(runs_dir) / f"tacos-{arm}-seed{seed}"), progress=False,
                    **study.REFERENCE, **fields)
         cfg.update(overrides or {})
-        cfg["eval_every"] = cfg.get("epochs", 12)
+        cfg["eval_every"] = cfg.get("epochs", TrainConfig.epochs)
         out.append(dict(setting="tacos", arm=arm, seed=seed, data_root=root, cfg=cfg))
     return out
 

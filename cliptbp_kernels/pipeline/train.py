@@ -363,6 +363,21 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: Optional[int] = No
     return summary
 
 
+def load_run(run_dir) -> tuple:
+    """(model in eval mode, its TrainConfig, the validation data set) of a finished run,
+    rebuilt on the CPU from ``run_dir/checkpoint.pt``."""
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    _, val_ds, _ = build_datasets(cfg)
+    sample = val_ds[0]
+    model = MomentModel(sample["video"].shape[-1], sample["text"].shape[-1], cfg.hidden,
+                        cfg.layers, cfg.heads, cfg.dropout, cfg.offset_scale,
+                        cfg.offset_head)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, cfg, val_ds
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="cliptbp-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
