@@ -140,7 +140,7 @@ def main(argv=None) -> Dict:
             name = f"{'cliptbp' if cliptbp else 'baseline'}-seed{seed}"
             kw = dict(data=str(root), dataset=dataset, seed=seed, out=str(out / name),
                       progress=False, log_terms=True, **study.REFERENCE,
-                      **({"cliptbp": True, **study.CLIPTBP} if cliptbp else {"cliptbp": False}))
+                      cliptbp=cliptbp, **study.CLIPTBP)  # the baseline: for its logged terms
             if args.epochs is not None:
                 kw["epochs"] = args.epochs
             if dataset == "tacos":

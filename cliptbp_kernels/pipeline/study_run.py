@@ -42,7 +42,10 @@ SUBMISSIONS = {"nms": "val_submission.jsonl", "segments": "val_submission_segmen
 
 
 def _arms(setting: str) -> Dict[str, Dict]:
-    arms = {"baseline": {"cliptbp": False}, "cliptbp": {"cliptbp": True, **study.CLIPTBP}}
+    # The baseline carries ClipTBP's options too: without ClipTBP in the loss they only set
+    # how its logged terms (log_terms) are computed, the same way as in the ClipTBP arms.
+    arms = {"baseline": {"cliptbp": False, **study.CLIPTBP},
+            "cliptbp": {"cliptbp": True, **study.CLIPTBP}}
     if setting == "combined":
         for name, w in ABLATIONS.items():
             arms[name] = {"cliptbp": True, **study.CLIPTBP, **w}
