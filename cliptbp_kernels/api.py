@@ -17,6 +17,7 @@ from ._checks import (
 )
 from ._options import NEGATIVE_CODES, POSITIVE_CODES, FusedOptions
 from .backends import reference
+from .distributed import check_process_group, global_means
 
 
 def _reduce(loss: Tensor, has: Tensor, reduction: str) -> Tensor:
@@ -27,6 +28,15 @@ def _reduce(loss: Tensor, has: Tensor, reduction: str) -> Tensor:
     if reduction == "sum":
         return total
     return total / has.sum().clamp_min(1)  # int64 count: promoted to the loss dtype
+
+
+def _reduce_all(terms, reduction: str, process_group) -> Tuple[Tensor, ...]:
+    """`_reduce` of each (loss, has) pair; with a process group, global means from one
+    all-reduce."""
+    if process_group is None:
+        return tuple(_reduce(loss, has, reduction) for loss, has in terms)
+    return tuple(global_means([loss.sum() for loss, _ in terms],
+                              [has.sum() for _, has in terms], process_group))
 
 
 def _options(k=0, tau=1.0, positives="any", negatives="cross", radius=1, margin_max=0.3,
@@ -48,7 +58,8 @@ def _per_sample(emb: Tensor, labels: Tensor, backend: str, opts: FusedOptions):
 
 def clip_pair_loss(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.07,
                    positives: str = "any", negatives: str = "cross", reduction: str = "mean",
-                   backend: str = "auto", check_labels: bool = True) -> Tensor:
+                   backend: str = "auto", check_labels: bool = True,
+                   process_group=None) -> Tensor:
     """Clip-pair similarity loss ``L_clip`` with top-k hard negatives (docs/losses.md, section 1).
 
     Args:
@@ -60,10 +71,13 @@ def clip_pair_loss(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.0
         negatives: ``"cross"`` (at least one clip in GT; needs ``|G| x T`` similarities) or
             ``"all"`` (every non-positive pair, background-background too: ``T^2 / 2``).
         reduction: ``"mean"`` over samples that have a loss (per call: in data-parallel
-            training each rank averages its own samples; use ``"sum"`` and divide by the
-            all-reduced count for a global mean), ``"sum"`` or ``"none"`` (``[B]``).
+            training each rank averages its own samples unless ``process_group`` is given),
+            ``"sum"`` or ``"none"`` (``[B]``).
         backend: ``"auto"``, ``"reference"``, ``"cpu"``, ``"triton"`` or ``"cuda"``.
         check_labels: check eagerly that no label is below -1 (one device sync on a GPU).
+        process_group: a ``torch.distributed`` process group: the mean over the samples of
+            every rank that have a loss, from one all-reduce; gradients scaled for DDP's
+            average (docs/losses.md, section 7). Needs ``reduction="mean"``.
 
     Returns:
         float32 loss (float64 for float64 input): a scalar, or ``[B]`` for ``"none"``.
@@ -72,15 +86,17 @@ def clip_pair_loss(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.0
     check_clip_options(k, tau, positives, negatives)
     check_reduction(reduction)
     check_backend(backend)
+    check_process_group(process_group, reduction)
     opts = _options(k, tau, positives, negatives, want_boun=False)
     lc, hc, _, _ = _per_sample(emb, labels, backend, opts)
-    return _reduce(lc, hc, reduction)
+    return _reduce_all([(lc, hc)], reduction, process_group)[0]
 
 
 def boundary_margin_loss(emb: Tensor, labels: Tensor, *, radius: int = 1,
                          margin_max: float = 0.3, margin_base: float = 0.1,
                          margin_scale: float = 0.1, reduction: str = "mean",
-                         backend: str = "auto", check_labels: bool = True) -> Tensor:
+                         backend: str = "auto", check_labels: bool = True,
+                         process_group=None) -> Tensor:
     """Boundary margin loss ``L_boun`` around each window's start, centre and end
     (docs/losses.md, section 2).
 
@@ -89,33 +105,56 @@ def boundary_margin_loss(emb: Tensor, labels: Tensor, *, radius: int = 1,
         radius: ``r >= 1``, the neighbourhood of start, centre and end (and outside the ends).
         margin_max, margin_base, margin_scale: ``delta = min(margin_max, margin_base +
             margin_scale * (je - js) / n_valid)``.
-        reduction, backend, check_labels: as for :func:`clip_pair_loss`.
+        reduction, backend, check_labels, process_group: as for :func:`clip_pair_loss`.
     """
     check_emb_labels(emb, labels, check_labels=check_labels)
     check_boundary_options(radius, margin_max, margin_base, margin_scale)
     check_reduction(reduction)
     check_backend(backend)
+    check_process_group(process_group, reduction)
     opts = _options(radius=radius, margin_max=margin_max, margin_base=margin_base,
                     margin_scale=margin_scale, want_clip=False)
     _, _, lb, hb = _per_sample(emb, labels, backend, opts)
-    return _reduce(lb, hb, reduction)
+    return _reduce_all([(lb, hb)], reduction, process_group)[0]
 
 
 def clip_boundary_losses(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.07,
                          positives: str = "any", negatives: str = "cross", radius: int = 1,
                          margin_max: float = 0.3, margin_base: float = 0.1,
                          margin_scale: float = 0.1, reduction: str = "mean",
-                         backend: str = "auto",
-                         check_labels: bool = True) -> Tuple[Tensor, Tensor]:
-    """``(L_clip, L_boun)`` from one pass over ``emb``; options as in the two functions."""
+                         backend: str = "auto", check_labels: bool = True,
+                         process_group=None) -> Tuple[Tensor, Tensor]:
+    """``(L_clip, L_boun)`` from one pass over ``emb``; options as in the two functions
+    (with ``process_group``, both global means come from one all-reduce)."""
     check_emb_labels(emb, labels, check_labels=check_labels)
     check_clip_options(k, tau, positives, negatives)
     check_boundary_options(radius, margin_max, margin_base, margin_scale)
     check_reduction(reduction)
     check_backend(backend)
+    check_process_group(process_group, reduction)
     opts = _options(k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale)
     lc, hc, lb, hb = _per_sample(emb, labels, backend, opts)
-    return _reduce(lc, hc, reduction), _reduce(lb, hb, reduction)
+    return _reduce_all([(lc, hc), (lb, hb)], reduction, process_group)
+
+
+def per_sample_terms(emb: Tensor, labels: Tensor, *, want_clip: bool, want_boun: bool,
+                     clip_options: dict, boundary_options: dict, backend: str,
+                     check_labels: bool) -> dict:
+    """Checked ``{"loss_clip": (loss [B], has [B]), "loss_boun": ...}`` of the wanted terms
+    (one fused pass), for callers that reduce them together (``ClipTBPLoss``)."""
+    check_emb_labels(emb, labels, check_labels=check_labels)
+    check_clip_options(**clip_options)
+    check_boundary_options(**boundary_options)
+    check_backend(backend)
+    opts = _options(**clip_options, **boundary_options, want_clip=want_clip,
+                    want_boun=want_boun)
+    lc, hc, lb, hb = _per_sample(emb, labels, backend, opts)
+    out = {}
+    if want_clip:
+        out["loss_clip"] = (lc, hc)
+    if want_boun:
+        out["loss_boun"] = (lb, hb)
+    return out
 
 
 def hard_negative_pairs(emb: Tensor, labels: Tensor, *, k: int = 20, positives: str = "any",

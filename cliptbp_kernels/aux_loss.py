@@ -3,6 +3,7 @@
 import torch
 
 from ._checks import check_real, check_reals, check_reduction, scalar_item
+from .distributed import check_process_group, global_means
 
 __all__ = ["boundary_aux_loss"]
 
@@ -14,7 +15,8 @@ def _smooth_l1(x, beta):
 
 
 def boundary_aux_loss(
-    pred, target, mask=None, *, weights=(1.0, 1.0, 1.0, 1.0), beta=1.0, reduction="mean"
+    pred, target, mask=None, *, weights=(1.0, 1.0, 1.0, 1.0), beta=1.0, reduction="mean",
+    process_group=None,
 ):
     """Smooth-L1 loss on start, end, centre and length of predicted spans.
 
@@ -27,6 +29,8 @@ def boundary_aux_loss(
         beta: smooth-L1 threshold ``>= 0``; ``0`` gives plain ``|x|``.
         reduction: ``"none"`` (``mask * l``, shape ``[...]``), ``"sum"`` or ``"mean"``
             (``sum(mask * l) / sum(mask)``; 0 with zero gradient when the mask sums to 0).
+        process_group: a ``torch.distributed`` process group for a mean over every rank's
+            elements (docs/losses.md, section 7); needs ``reduction="mean"``.
 
     16-bit inputs are computed and returned in float32; float64 in float64.
     """
@@ -68,9 +72,25 @@ def boundary_aux_loss(
             m = mask.detach()
             if not bool(((m >= 0) & torch.isfinite(m)).all()):
                 raise ValueError("mask weights must be finite and >= 0")
+    check_reduction(reduction)
+    check_process_group(process_group, reduction)
+    loss, denom = aux_terms(pred, target, mask, weights, beta)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if process_group is not None:
+        return global_means([total], [denom], process_group)[0]
+    nonzero = denom > 0
+    safe = torch.where(nonzero, denom, denom.new_ones(()))
+    return torch.where(nonzero, total / safe, total.new_zeros(()))
+
+
+def aux_terms(pred, target, mask, weights, beta):
+    """(``mask * l`` elementwise, the mean's denominator) of checked inputs."""
     ws, we, wc, wl = check_reals("weights", weights, 4, "(ws, we, wc, wl)", nonnegative=True)
     beta = check_real("beta", scalar_item(beta), nonnegative=True)
-    check_reduction(reduction)
 
     if pred.dtype == torch.float64 or target.dtype == torch.float64:
         dtype = torch.float64
@@ -93,15 +113,7 @@ def boundary_aux_loss(
     )
     if weight is not None:
         loss = loss * weight
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    if weight is not None:
         denom = weight.sum()
     else:
         denom = torch.tensor(float(loss.numel()), dtype=dtype, device=loss.device)
-    nonzero = denom > 0
-    safe = torch.where(nonzero, denom, denom.new_ones(()))
-    return torch.where(nonzero, total / safe, total.new_zeros(()))
+    return loss, denom

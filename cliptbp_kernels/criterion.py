@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -17,10 +17,18 @@ from ._checks import (
     check_clip_options,
     check_real,
 )
-from .api import boundary_margin_loss, clip_boundary_losses, clip_pair_loss
+from .api import boundary_margin_loss, clip_boundary_losses, clip_pair_loss, per_sample_terms
 from .aux_loss import boundary_aux_loss
+from .distributed import (
+    _all_reduce_sum,
+    check_counts,
+    check_process_group,
+    global_means,
+    loss_counts,
+)
 
 _RESERVED = ("loss", "loss_basic", "loss_clip", "loss_boun", "loss_aux")
+_TERMS = ("loss_clip", "loss_boun", "loss_aux")  # the order of `counts`
 
 
 class ClipTBPLoss(nn.Module):
@@ -35,12 +43,16 @@ class ClipTBPLoss(nn.Module):
             :func:`cliptbp_kernels.boundary_margin_loss`.
         aux_weights, aux_beta: options of :func:`cliptbp_kernels.boundary_aux_loss`.
         backend: backend of the fused losses (``"auto"`` picks the fastest available).
-        reduction: ``"mean"`` (default: over the samples of this call that have a loss, so per
-            rank in data-parallel training) or ``"sum"`` (divide by an all-reduced count for a
-            global mean).
+        reduction: ``"mean"`` (default: over the samples of this call that have a loss; over
+            every rank's with ``process_group``) or ``"sum"``.
         check_labels: check eagerly that no label is below -1 (one device sync on a GPU).
+        process_group: a ``torch.distributed`` process group: every ClipTBP term is the mean
+            over the samples (spans) of all ranks, from one all-reduce per call, and its
+            gradient is scaled for DDP's average (docs/losses.md, section 7). ``basic`` is
+            added as given. Needs ``reduction="mean"``.
 
-    ``forward(emb, labels, basic=None, pred_spans=None, target_spans=None, span_mask=None)``
+    ``forward(emb, labels, basic=None, pred_spans=None, target_spans=None, span_mask=None,
+    counts=None)``
     returns a dict with ``"loss"`` (the weighted total) and each unweighted term:
     ``"loss_clip"``, ``"loss_boun"``, ``"loss_aux"`` (when spans are given) and, when ``basic``
     is given, ``"loss_basic"`` plus every key of a ``basic`` dict (e.g. ``"loss_span"``).
@@ -49,6 +61,10 @@ class ClipTBPLoss(nn.Module):
     (tensors, or plain numbers such as a baseline's constant ``0.``) that are summed (as
     UniVTG / Moment-DETR criteria return them); its keys must not be one
     of ``"loss"``, ``"loss_basic"``, ``"loss_clip"``, ``"loss_boun"``, ``"loss_aux"``.
+
+    ``counts`` (with ``process_group``, for gradient accumulation): the global counts of the
+    whole optimiser step, from :meth:`global_counts`; each call then divides its terms by
+    them, so the terms summed over the micro-batches are the step's global means.
     """
 
     def __init__(self, *, w_basic: float = 1.0, w_clip: float = 3.0, w_boun: float = 3.0,
@@ -57,7 +73,7 @@ class ClipTBPLoss(nn.Module):
                  margin_base: float = 0.1, margin_scale: float = 0.1,
                  aux_weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0), aux_beta: float = 1.0,
                  backend: str = "auto", reduction: str = "mean",
-                 check_labels: bool = True) -> None:
+                 check_labels: bool = True, process_group=None) -> None:
         super().__init__()
         for name, w in (("w_basic", w_basic), ("w_clip", w_clip), ("w_boun", w_boun),
                         ("w_aux", w_aux)):
@@ -66,6 +82,8 @@ class ClipTBPLoss(nn.Module):
         check_boundary_options(radius, margin_max, margin_base, margin_scale)
         check_backend(backend)
         check_choice("reduction", reduction, ("mean", "sum"))
+        check_process_group(process_group, reduction)
+        self.process_group = process_group
         self.w_basic, self.w_clip, self.w_boun, self.w_aux = (
             float(w_basic), float(w_clip), float(w_boun), float(w_aux))
         self.clip_options = dict(k=k, tau=tau, positives=positives, negatives=negatives)
@@ -78,11 +96,16 @@ class ClipTBPLoss(nn.Module):
     def forward(self, emb: Tensor, labels: Tensor,
                 basic: Optional[Union[Tensor, Mapping[str, Tensor]]] = None,
                 pred_spans: Optional[Tensor] = None, target_spans: Optional[Tensor] = None,
-                span_mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+                span_mask: Optional[Tensor] = None,
+                counts: Optional[Tensor] = None) -> Dict[str, Tensor]:
         if (pred_spans is None) != (target_spans is None):
             raise ValueError("pred_spans and target_spans must be given together")
+        check_counts(counts, len(_TERMS), self.process_group)
         out: Dict[str, Tensor] = {}
-        if self.w_clip != 0 and self.w_boun != 0:
+        if self.process_group is not None:
+            out.update(self._global_terms(emb, labels, pred_spans, target_spans, span_mask,
+                                          counts))
+        elif self.w_clip != 0 and self.w_boun != 0:
             out["loss_clip"], out["loss_boun"] = clip_boundary_losses(
                 emb, labels, **self.clip_options, **self.boundary_options, **self.call_options)
         elif self.w_clip != 0:
@@ -98,10 +121,12 @@ class ClipTBPLoss(nn.Module):
         if "loss_boun" in out:
             total = total + self.w_boun * out["loss_boun"]
 
-        if pred_spans is not None and self.w_aux != 0:
+        if "loss_aux" in out:
+            total = total + self.w_aux * out["loss_aux"].to(total.dtype)
+        elif pred_spans is not None and self.w_aux != 0:
             l_aux = boundary_aux_loss(pred_spans, target_spans, span_mask,
-                                      weights=self.aux_weights, beta=self.aux_beta,
-                                      reduction=self.call_options["reduction"])
+                                      reduction=self.call_options["reduction"],
+                                      **self._aux_options())
             out["loss_aux"] = l_aux
             total = total + self.w_aux * l_aux.to(total.dtype)
 
@@ -133,6 +158,73 @@ class ClipTBPLoss(nn.Module):
             total = total + self.w_basic * l_basic
         out["loss"] = total
         return out
+
+    def _aux_options(self) -> dict:
+        return dict(weights=self.aux_weights, beta=self.aux_beta)
+
+    def _global_terms(self, emb, labels, pred_spans, target_spans, span_mask,
+                      counts) -> Dict[str, Tensor]:
+        """The ClipTBP terms as global means over the process group (one all-reduce)."""
+        parts = {}
+        if self.w_clip != 0 or self.w_boun != 0:
+            call = {k: v for k, v in self.call_options.items() if k != "reduction"}
+            for name, (loss, has) in per_sample_terms(
+                    emb, labels, want_clip=self.w_clip != 0, want_boun=self.w_boun != 0,
+                    clip_options=self.clip_options, boundary_options=self.boundary_options,
+                    **call).items():
+                parts[name] = (loss.sum(), has.sum())
+        if pred_spans is not None and self.w_aux != 0:
+            elems = boundary_aux_loss(pred_spans, target_spans, span_mask, reduction="none",
+                                      **self._aux_options())
+            denom = (span_mask.detach().sum() if span_mask is not None
+                     else elems.new_tensor(float(elems.numel())))
+            parts["loss_aux"] = (elems.sum(), denom)
+        if not parts:
+            return {}
+        names = list(parts)
+        totals = None
+        if counts is not None:
+            totals = torch.stack([counts[_TERMS.index(n)] for n in names])
+        values = global_means([parts[n][0] for n in names], [parts[n][1] for n in names],
+                              self.process_group, totals)
+        return dict(zip(names, values))
+
+    def local_counts(self, labels: Tensor, span_mask: Optional[Tensor] = None) -> Tensor:
+        """float64 ``[3]``: this batch's counts of samples with an ``L_clip``, with an
+        ``L_boun`` (:func:`cliptbp_kernels.loss_counts`) and the weight of its aux spans
+        (``span_mask``'s sum; pass a ones mask if forward gets none), 0 for unused terms."""
+        n_clip, n_boun = loss_counts(labels, positives=self.clip_options["positives"],
+                                     radius=self.boundary_options["radius"])
+        aux = labels.new_zeros((), dtype=torch.float64)
+        if self.w_aux != 0 and span_mask is not None:
+            aux = span_mask.detach().to(torch.float64).sum()
+        out = torch.stack([n_clip.to(torch.float64), n_boun.to(torch.float64), aux])
+        keep = torch.tensor([self.w_clip != 0, self.w_boun != 0, self.w_aux != 0],
+                            device=out.device)
+        return torch.where(keep, out, torch.zeros_like(out))
+
+    def global_counts(self, labels: Union[Tensor, Sequence[Tensor]],
+                      span_masks: Optional[Union[Tensor, Sequence[Tensor]]] = None) -> Tensor:
+        """The counts of a whole optimiser step (every micro-batch of every rank) for
+        ``forward(..., counts=...)``: :meth:`local_counts` summed over this rank's
+        micro-batches (``labels`` and ``span_masks``: a tensor or a list, one per micro-batch)
+        and all-reduced over the process group (one small all-reduce)."""
+        if self.process_group is None:
+            raise ValueError("global_counts needs a ClipTBPLoss built with process_group")
+        labels_list: List[Tensor] = [labels] if isinstance(labels, Tensor) else list(labels)
+        if span_masks is None:
+            masks: List[Optional[Tensor]] = [None] * len(labels_list)
+        else:
+            masks = [span_masks] if isinstance(span_masks, Tensor) else list(span_masks)
+        if len(masks) != len(labels_list) or not labels_list:
+            raise ValueError("labels and span_masks must be non-empty lists of one tensor per "
+                             f"micro-batch; got {len(labels_list)} and {len(masks)}")
+        if self.w_aux != 0 and span_masks is None:
+            raise ValueError("span_masks is required when w_aux != 0 (the aux term's count "
+                             "is the sum of its span mask)")
+        local = torch.stack([self.local_counts(lab, m)
+                             for lab, m in zip(labels_list, masks)]).sum(0)
+        return _all_reduce_sum(local, self.process_group)
 
     def extra_repr(self) -> str:
         options = {**self.clip_options, **self.boundary_options, **self.call_options}

@@ -179,6 +179,19 @@ def clip_pair_losses(emb, labels, *, k, tau, positives, negatives):
 # --------------------------------------------------------------------------------------
 
 
+def window_extents(lab: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """For every clip of ``lab`` ([B, T] int64, contiguous): the first clip ``js``, last clip
+    ``je``, centre clip and size of the clips that share its label (its window; padding and
+    background form groups too), each [B, T], without host synchronisation: a stable sort
+    groups each label's clips in increasing clip order and ``searchsorted`` finds the group."""
+    sorted_lab, order = torch.sort(lab, dim=1, stable=True)
+    start = torch.searchsorted(sorted_lab, lab, side="left")
+    end = torch.searchsorted(sorted_lab, lab, side="right")
+    size = end - start
+    return (order.gather(1, start), order.gather(1, end - 1),
+            order.gather(1, start + (size - 1) // 2), size)
+
+
 def _boundary_from_sim(
     sim, labels, valid, gt, bad, *, radius, margin_max, margin_base, margin_scale
 ):
@@ -198,13 +211,7 @@ def _boundary_from_sim(
     idx = torch.arange(T, device=device)
 
     lab = torch.where(valid, labels, torch.full_like(labels, -1)).contiguous()
-    sorted_lab, order = torch.sort(lab, dim=1, stable=True)
-    start = torch.searchsorted(sorted_lab, lab, side="left")
-    end = torch.searchsorted(sorted_lab, lab, side="right")
-    size = end - start
-    js = order.gather(1, start)
-    je = order.gather(1, end - 1)
-    centre = order.gather(1, start + (size - 1) // 2)
+    js, je, centre, size = window_extents(lab)
 
     # I_pos: window clips other than the centre within `radius` of start, centre or end.
     dist = torch.minimum(

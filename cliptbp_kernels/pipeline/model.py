@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..distributed import global_means
 from ..labels import merge_windows
 
 
@@ -164,21 +165,22 @@ SPAN_UNITS = ("normalized", "clips")
 
 def basic_losses(out: Dict[str, Tensor], labels: Tensor, spans_target: Tensor,
                  saliency: Tensor, span_unit: str = "normalized", w_span: float = 1.0,
-                 w_iou: float = 1.0) -> Dict[str, Tensor]:
+                 w_iou: float = 1.0, process_group=None) -> Dict[str, Tensor]:
     """The model's own losses: foreground BCE, span L1 + IoU on foreground clips, and a
     saliency ranking loss (answer clips above the other valid clips).
 
     `spans_target` (clip units) and the spans derived from the offsets are compared in
     `span_unit`: ``"normalized"`` (fractions of the video) or ``"clips"``. `loss_span` and
     `loss_iou` come out multiplied by `w_span` and `w_iou` (the dict is the model's own,
-    weighted loss)."""
+    weighted loss). Each term is a mean (over valid clips, foreground clips, saliency pairs);
+    with `process_group`, the mean over every rank's batch, from one all-reduce, with the
+    gradient scaled for DDP's average (cliptbp_kernels.distributed.global_means)."""
     if span_unit not in SPAN_UNITS:
         raise ValueError(f"span_unit must be one of {SPAN_UNITS}, got {span_unit!r}")
     valid = labels >= 0
     fg = labels >= 1
     vf = valid.float()
     bce = F.binary_cross_entropy_with_logits(out["fg_logits"], fg.float(), reduction="none")
-    loss_fg = (bce * vf).sum() / vf.sum().clamp_min(1)
 
     num_clips = valid.sum(1)
     spans = clip_spans(out["offsets"])
@@ -186,19 +188,22 @@ def basic_losses(out: Dict[str, Tensor], labels: Tensor, spans_target: Tensor,
         spans = normalized_spans(spans, num_clips)
         spans_target = normalized_spans(spans_target, num_clips)
     fgf = fg.float()
-    n_fg = fgf.sum().clamp_min(1)
     l1 = (spans - spans_target).abs().sum(-1)
-    loss_span = w_span * (l1 * fgf).sum() / n_fg
-    loss_iou = w_iou * ((1 - span_iou(spans, spans_target)) * fgf).sum() / n_fg
 
     # saliency: every (answer clip, other valid clip) pair of a sample, softplus margin
     sal = out["saliency"]
     neg = valid & ~fg
     diff = sal.unsqueeze(2) - sal.unsqueeze(1)  # [B, T(pos), T(neg)]
     pair = fg.unsqueeze(2) & neg.unsqueeze(1)
-    loss_sal = (F.softplus(0.2 - diff) * pair).sum() / pair.sum().clamp_min(1)
-    return {"loss_fg": loss_fg, "loss_span": loss_span, "loss_iou": loss_iou,
-            "loss_saliency": loss_sal}
+    terms = {"loss_fg": ((bce * vf).sum(), vf.sum()),
+             "loss_span": (w_span * (l1 * fgf).sum(), fgf.sum()),
+             "loss_iou": (w_iou * ((1 - span_iou(spans, spans_target)) * fgf).sum(), fgf.sum()),
+             "loss_saliency": ((F.softplus(0.2 - diff) * pair).sum(), pair.sum())}
+    if process_group is not None:
+        means = global_means([s for s, _ in terms.values()], [c for _, c in terms.values()],
+                             process_group)
+        return dict(zip(terms, means))
+    return {k: s / c.clamp_min(1) for k, (s, c) in terms.items()}
 
 
 @torch.no_grad()

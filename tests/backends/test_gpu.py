@@ -202,3 +202,56 @@ def test_triton_chosen_pairs_in_rank_order_at_large_k():
         assert n > 0 and (p[n:] == -1).all()
         s = (u[b, p[:n, 0]] * u[b, p[:n, 1]]).sum(1)
         assert (s[1:] <= s[:-1] + 1e-6).all()
+
+
+def test_cuda_global_mean_in_a_one_rank_nccl_group(tmp_path):
+    """`process_group` on CUDA tensors with NCCL: every GPU backend's global mean in a group
+    of one equals its per-call mean, values and gradients."""
+    import torch.distributed as dist
+
+    dist.init_process_group("nccl", init_method=f"file://{tmp_path}/store", rank=0,
+                            world_size=1, device_id=torch.device("cuda", 0))
+    try:
+        emb, labels = make_batch(len(PATTERNS), 77, 32, list(PATTERNS), seed=3)
+        for backend in GPU_BACKENDS:
+            crits = [ck.ClipTBPLoss(backend=backend, aux_beta=0.1),
+                     ck.ClipTBPLoss(backend=backend, aux_beta=0.1,
+                                    process_group=dist.group.WORLD)]
+            outs = []
+            for crit in crits:
+                e = emb.cuda().requires_grad_(True)
+                lab = labels.cuda()
+                pred = torch.sigmoid(e[..., :2]).sort(-1).values
+                out = crit(e, lab, pred_spans=pred, target_spans=pred.detach().flip(-1),
+                           span_mask=lab >= 1)
+                out["loss"].backward()
+                outs.append((out, e.grad))
+            for k in ("loss", "loss_clip", "loss_boun", "loss_aux"):
+                torch.testing.assert_close(outs[1][0][k], outs[0][0][k])
+            torch.testing.assert_close(outs[1][1], outs[0][1])
+    finally:
+        dist.destroy_process_group()
+
+
+def test_cuda_training_resumes_exactly_and_its_checkpoint_loads_on_the_cpu(tmp_path):
+    """A CUDA run stopped after one epoch and resumed ends as the uninterrupted run (CPU and
+    CUDA generators restored, dropout on); its checkpoint resumes on the CPU."""
+    from cliptbp_kernels.pipeline.synthetic import generate
+    from cliptbp_kernels.pipeline.train import TrainConfig, train
+
+    root = tmp_path / "qvh"
+    generate(root, variant="qvh", seed=5, train=32, val=8)
+    base = dict(data=str(root), hidden=32, layers=1, heads=2, batch_size=8, epochs=2,
+                eval_every=2, progress=False, dropout=0.1, device="cuda")
+    full = train(TrainConfig(**base, out=str(tmp_path / "full")))
+    train(TrainConfig(**base, out=str(tmp_path / "part")), stop_after=1)
+    ck1 = torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)
+    assert "cuda" in ck1["rng"][0] and ck1["device"] == "cuda"
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "checkpoint.pt").write_bytes((tmp_path / "part" / "checkpoint.pt")
+                                                     .read_bytes())
+    resumed = train(TrainConfig(**base, out=str(tmp_path / "part")), resume=True)
+    assert resumed["history"] == full["history"] and resumed["val"] == full["val"]
+    on_cpu = train(TrainConfig(**dict(base, device="cpu"), out=str(tmp_path / "cpu")),
+                   resume=True)
+    assert [r["epoch"] for r in on_cpu["history"]] == [1, 2]

@@ -24,7 +24,8 @@ from paths import REPO
 
 ROOT = REPO
 PUBLIC = {"cliptbp_kernels", "cliptbp_kernels.api", "cliptbp_kernels.criterion",
-          "cliptbp_kernels.aux_loss", "cliptbp_kernels.labels", "cliptbp_kernels.adapters"}
+          "cliptbp_kernels.aux_loss", "cliptbp_kernels.labels", "cliptbp_kernels.adapters",
+          "cliptbp_kernels.distributed"}
 
 
 def _module_name(path: Path) -> str:
