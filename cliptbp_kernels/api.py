@@ -49,7 +49,7 @@ def _options(k=0, tau=1.0, positives="any", negatives="cross", radius=1, margin_
 
 def _per_sample(emb: Tensor, labels: Tensor, backend: str, opts: FusedOptions):
     """(clip_loss, clip_has, boun_loss, boun_has) per sample from the chosen backend."""
-    name = backends.resolve(backend, emb.device)
+    name = backends.resolve(backend, emb.device, emb.dtype)
     if name == reference.NAME:
         return reference.per_sample(emb, labels, opts)
     out = backends.fused_ops(name).call(emb, labels, opts)
@@ -168,7 +168,7 @@ def hard_negative_pairs(emb: Tensor, labels: Tensor, *, k: int = 20, positives: 
     check_emb_labels(emb, labels, check_labels=check_labels)
     check_clip_options(k, 1.0, positives, negatives)
     check_backend(backend)
-    name = backends.resolve(backend, emb.device)
+    name = backends.resolve(backend, emb.device, emb.dtype)
     with torch.no_grad():
         if name == reference.NAME:
             return reference.hard_negative_pairs(emb, labels.to(torch.int64), k=k,

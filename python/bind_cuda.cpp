@@ -145,6 +145,12 @@ PYBIND11_MODULE(CLIPTBP_MODULE_NAME, m) {
   m.def("switches", &cliptbp_emu_switches, "Fiber switches of all emulated launches so far.");
 #else
   m.attr("EMULATED") = false;
+  // The architectures the kernels were compiled for, as CMAKE_CUDA_ARCHITECTURES entries
+  // ("80" = SASS and PTX, "90-real" = SASS, "90-virtual" = PTX), comma separated.
+#ifndef CLIPTBP_CUDA_ARCHS
+#define CLIPTBP_CUDA_ARCHS ""
+#endif
+  m.attr("ARCHS") = CLIPTBP_CUDA_ARCHS;
 
   m.def(
       "runtime_version",

@@ -14,7 +14,8 @@
 #              without the CPU emulation module, with every core
 #   smoke      one call per available backend (triton included) on CUDA tensors,
 #              determinism, TF32 off,
-#              the CUDA module's runtime (scripts/gpu_smoke.py)
+#              the CUDA module's runtime (scripts/gpu_smoke.py), then
+#              `python -m cliptbp_kernels.selfcheck --no-timing` (selfcheck.json, .log)
 #   gputests   the GPU tests (tests/backends/test_gpu.py: every GPU backend against docs/losses.md, and the
 #              API / custom-op tests that use CUDA), with the Triton kernels compiled
 #              (TRITON_INTERPRET=0), in parallel workers when pytest-xdist is installed
@@ -107,7 +108,12 @@ stage_build() {
   "$PY" -c "import cliptbp_kernels as ck; b = ck.available_backends('cuda'); print('backends', b); assert {'triton', 'cuda'} <= set(b), 'a GPU backend is missing'"
 }
 
-stage_smoke() { TRITON_INTERPRET=0 "$PY" scripts/gpu_smoke.py --out "$WORK"; }
+stage_smoke() {
+  TRITON_INTERPRET=0 "$PY" scripts/gpu_smoke.py --out "$WORK" || return 1
+  # the package's own check of every backend on every device and dtype (report in logs.tgz)
+  TRITON_INTERPRET=0 "$PY" -m cliptbp_kernels.selfcheck --no-timing \
+    --json "$WORK/selfcheck.json" > "$WORK/selfcheck.log" 2>&1
+}
 
 # parallel pytest workers when pytest-xdist is there (Triton compiles in every worker)
 xdist_args() {

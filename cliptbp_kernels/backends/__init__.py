@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Union
 
 import torch
 
-from . import cpu, cuda, reference, triton
+from . import _ops, cpu, cuda, reference, selfcheck, triton
 from ._ops import FusedOps
 
 
@@ -68,16 +68,29 @@ def available_backends(device: Optional[Union[torch.device, str]] = None) -> Lis
             if any(b.why_not(d) is None for d in devices)]
 
 
-def resolve(backend: str, device: torch.device) -> str:
-    """The concrete backend to use for `backend` ("auto" or a name) on `device`."""
+def resolve(backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+    """The concrete backend to use for `backend` ("auto" or a name) on `device`.
+
+    With `dtype`, a fused backend must also pass its first-use self-check on (device, dtype)
+    (`selfcheck.passes`, run here the first time); one that fails is replaced by the next
+    backend of the "auto" order, or the reference, whether it was asked for by name or not.
+    """
     if backend != "auto":
         reason = why_not(backend, device)
         if reason is not None:
             raise ValueError(f"backend={backend!r} cannot run here: {reason}")
-        return backend
+        if (dtype is None or REGISTRY[backend].ops is None
+                or selfcheck.passes(backend, device, dtype)):
+            return backend
+    checked_out = False
     for name in AUTO_ORDER.get(device.type, ()):
-        if REGISTRY[name].why_not(device) is None:
+        if name == backend or REGISTRY[name].why_not(device) is not None:
+            continue
+        if dtype is None or selfcheck.passes(name, device, dtype):
             return name
+        checked_out = True
+    if backend != "auto" or checked_out:
+        return "reference"  # the self-check has warned
     if device.type not in _warned_fallback:
         _warned_fallback.add(device.type)
         warnings.warn(
@@ -95,3 +108,7 @@ def fused_ops(name: str) -> FusedOps:
     if backend is None or backend.ops is None:
         raise ValueError(f"backend {name!r} has no fused ops")
     return backend.ops
+
+
+selfcheck.OPS.update({name: b.ops for name, b in REGISTRY.items() if b.ops is not None})
+_ops.first_use = selfcheck.guard

@@ -117,6 +117,10 @@ class FusedOps(NamedTuple):
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
+# Called with (backend name, emb) by every fused forward before its kernels run: the
+# first-use self-check (backends.selfcheck.guard, set by the registry). None: nothing.
+first_use: Optional[Callable[[str, Tensor], None]] = None
+
 
 def eager_ok(emb: Tensor, labels: Tensor) -> bool:
     """True when the launchers can be called directly: plain tensors, nothing tracing or
@@ -161,6 +165,8 @@ def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
         named tuple is built once, by the caller that wants names)."""
         if type(opts) is not FusedOptions:
             opts = FusedOptions._make(opts)
+        if first_use is not None:
+            first_use(name, emb)
         labels = labels.to(torch.int64).contiguous()
         T = labels.shape[1]
         if limits is not None:

@@ -19,7 +19,8 @@ give more blocks per sample (a tuning knob, not a semantic one).
 from __future__ import annotations
 
 import os
-from typing import Optional
+import re
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -53,13 +54,76 @@ def available() -> bool:
     return _ext is not None or _emu is not None
 
 
+def module_archs() -> Tuple[str, ...]:
+    """The architectures `_C_cuda` was compiled for, as CMAKE_CUDA_ARCHITECTURES entries
+    ("80": SASS and PTX, "90-real": SASS only, "90-virtual": PTX only); () when unknown."""
+    raw = getattr(_ext, "ARCHS", "") if _ext is not None else ""
+    return tuple(a for a in str(raw).split(",") if a)
+
+
+_ARCH = re.compile(r"^(\d+)([a-z]?)(-real|-virtual)?$")
+
+
+def arch_support(entries: Sequence[str], capability: Tuple[int, int]) -> Optional[bool]:
+    """Whether code compiled for `entries` runs on a GPU of compute `capability` (major,
+    minor): SASS for sm_XY runs on the same major with a minor >= Y, PTX for compute_XY on any
+    capability >= X.Y (the driver compiles it); arch-specific entries ("90a") only on X.Y
+    itself. None when an entry is not a number ("native", "all"): nothing to compare."""
+    cap = 10 * capability[0] + capability[1]
+    for entry in entries:
+        m = _ARCH.match(entry)
+        if m is None:
+            return None
+        n, specific, kind = int(m.group(1)), m.group(2) != "", m.group(3)
+        if kind != "-virtual" and (cap == n if specific else
+                                   (capability[0] == n // 10 and capability[1] >= n % 10)):
+            return True
+        if kind != "-real" and (cap == n if specific else cap >= n):
+            return True
+    return False
+
+
+def describe_archs(entries: Sequence[str]) -> str:
+    """"sm_80, sm_90 and PTX compute_80, compute_90" for ("80", "90")."""
+    sass, ptx = [], []
+    for entry in entries:
+        m = _ARCH.match(entry)
+        if m is None:
+            sass.append(entry)
+            continue
+        if m.group(3) != "-virtual":
+            sass.append(f"sm_{m.group(1)}{m.group(2)}")
+        if m.group(3) != "-real":
+            ptx.append(f"compute_{m.group(1)}{m.group(2)}")
+    return ", ".join(sass) + (" and PTX " + ", ".join(ptx) if ptx else " (no PTX)")
+
+
+_arch_reason: Dict[int, Optional[str]] = {}
+
+
+def _arch_why_not(device: torch.device) -> Optional[str]:
+    """Why `_C_cuda` holds no code for this GPU's architecture (cached per device)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _arch_reason:
+        major, minor = torch.cuda.get_device_capability(index)
+        entries = module_archs()
+        reason = None
+        if entries and arch_support(entries, (major, minor)) is False:
+            reason = (f"the CUDA module holds {describe_archs(entries)}, none of which runs on "
+                      f"this GPU (sm_{major}{minor}); rebuild it for this GPU: "
+                      f"CLIPTBP_CUDA_ARCH=\"{major}{minor}\" pip install --no-build-isolation "
+                      "-e . (or add it to the list)")
+        _arch_reason[index] = reason
+    return _arch_reason[index]
+
+
 def why_not(device: torch.device) -> Optional[str]:
     """None if the CUDA kernels can run on `device`, else the reason."""
     if device.type == "cuda":
         if _ext is None:
             return ("the CUDA extension cliptbp_kernels._C_cuda is not built (no nvcc at build "
                     f"time? {IMPORT_ERROR}); reinstall with nvcc on PATH or CLIPTBP_CUDA=1")
-        return None
+        return _arch_why_not(device)
     if device.type == "cpu" and emulating():
         if _emu is None:
             return f"the CUDA emulation module is not built ({EMU_IMPORT_ERROR})"

@@ -255,3 +255,14 @@ def test_cuda_training_resumes_exactly_and_its_checkpoint_loads_on_the_cpu(tmp_p
     on_cpu = train(TrainConfig(**dict(base, device="cpu"), out=str(tmp_path / "cpu")),
                    resume=True)
     assert [r["epoch"] for r in on_cpu["history"]] == [1, 2]
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16,
+                                   torch.bfloat16])
+def test_cuda_first_use_self_check_passes(backend, dtype):
+    """The first-use self-check (docs/losses.md, section 13.3) on the GPU itself."""
+    from cliptbp_kernels.backends import selfcheck
+
+    res = selfcheck.compare(backend, torch.device("cuda"), dtype)
+    assert res.ok, res.worst
