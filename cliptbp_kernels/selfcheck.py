@@ -43,9 +43,19 @@ def versions() -> Dict[str, Optional[str]]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def devices() -> List[Dict]:
-    out = [{"device": "cpu", "name": platform.processor() or platform.machine(),
-            "threads": torch.get_num_threads()}]
+    out = [{"device": "cpu", "name": _cpu_name(), "threads": torch.get_num_threads()}]
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             major, minor = torch.cuda.get_device_capability(i)
@@ -144,7 +154,10 @@ def cuda_module() -> Dict:
 
     if cuda._ext is None:
         return {"built": False, "why": str(cuda.IMPORT_ERROR)}
-    return {"built": True, "architectures": list(cuda.module_archs())}
+    archs = cuda.module_archs()
+    return {"built": True, "architectures": list(archs),
+            "holds": cuda.describe_archs(archs) if archs else "unknown (built before the "
+            "architecture list was recorded)"}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -163,7 +176,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for d in report["devices"]:
         print("  " + ", ".join(f"{k}={v}" for k, v in d.items()))
     cm = report["cuda_module"]
-    print("CUDA module: " + (("holds " + ", ".join(cm["architectures"])) if cm["built"]
+    print("CUDA module: " + (f"holds {cm['holds']}" if cm["built"]
                              else f"not built ({cm['why']})"))
     rows = backends_table([d["device"] for d in report["devices"]])
     report["backends"] = rows
