@@ -139,7 +139,7 @@ def main(argv=None) -> Dict:
         for seed in args.seeds:
             name = f"{'cliptbp' if cliptbp else 'baseline'}-seed{seed}"
             kw = dict(data=str(root), dataset=dataset, seed=seed, out=str(out / name),
-                      progress=False, log_terms=True, **study.REFERENCE,
+                      progress=False, log_terms=True, cache_features=True, **study.REFERENCE,
                       cliptbp=cliptbp, **study.CLIPTBP)  # the baseline: for its logged terms
             if args.epochs is not None:
                 kw["epochs"] = args.epochs

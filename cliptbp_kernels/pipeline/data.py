@@ -236,6 +236,9 @@ class MomentDataset(torch.utils.data.Dataset):
             long TACoS videos).
         max_text_len: keep at most this many query tokens.
         normalize: L2-normalise every clip of every video feature dir, and every text token.
+        cache: keep every loaded video and text array in memory (items are then built from
+            copies of them): every epoch after the first reads no file. The whole data set's
+            features must fit in RAM (QVHighlights' SlowFast + CLIP: about 8 GB).
 
     Windows are cut to the span of the kept clips, ``[0, n * clip_len]``; windows starting
     past it are dropped. A query whose windows all lie past the kept clips stays in the data
@@ -255,8 +258,12 @@ class MomentDataset(torch.utils.data.Dataset):
                  video_features: Sequence[FeatureSpec] = QVH_VIDEO,
                  text_feature: FeatureSpec = QVH_TEXT, clip_len: float = 2.0,
                  max_clips: Optional[int] = None, max_text_len: int = 32,
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, cache: bool = False) -> None:
         super().__init__()
+        # loaded (normalised) arrays by vid / qid when `cache`: later epochs read no file
+        self.cache = bool(cache)
+        self._videos: Dict[str, np.ndarray] = {}
+        self._texts: Dict[Any, np.ndarray] = {}
         if isinstance(video_features, FeatureSpec):
             video_features = (video_features,)
         video_features = tuple(video_features)
@@ -319,6 +326,13 @@ class MomentDataset(torch.utils.data.Dataset):
 
     def load_video(self, vid: str) -> np.ndarray:
         """[n, Dv] float32: the video feature dirs, normalised, truncated and concatenated."""
+        if self.cache:
+            if vid not in self._videos:
+                self._videos[vid] = self._read_video(vid)
+            return self._videos[vid].copy()
+        return self._read_video(vid)
+
+    def _read_video(self, vid: str) -> np.ndarray:
         feats = []
         for spec in self.video_features:
             path = self.video_path(vid, spec)
@@ -333,6 +347,13 @@ class MomentDataset(torch.utils.data.Dataset):
 
     def load_text(self, qid) -> np.ndarray:
         """[L, Dt] float32 token features of a query, truncated to ``max_text_len``."""
+        if self.cache:
+            if qid not in self._texts:
+                self._texts[qid] = self._read_text(qid)
+            return self._texts[qid].copy()
+        return self._read_text(qid)
+
+    def _read_text(self, qid) -> np.ndarray:
         path = self.text_path(qid)
         x = load_feature(path, self.text_feature.key)
         if x.shape[0] == 0:

@@ -67,7 +67,8 @@ def jobs(data_dir: Path, runs_dir: Path, settings: Sequence[str], seeds: Sequenc
             for seed in seeds:
                 cfg = dict(data=str(root), dataset="qvhighlights", seed=seed,
                            out=str(Path(runs_dir) / f"{setting}-{arm}-seed{seed}"),
-                           progress=False, log_terms=True, **study.REFERENCE, **fields)
+                           progress=False, log_terms=True, cache_features=True,
+                           **study.REFERENCE, **fields)
                 cfg.update(overrides or {})
                 cfg["eval_every"] = cfg.get("epochs", TrainConfig.epochs)
                 TrainConfig(**cfg)                   # checked before anything runs
@@ -90,7 +91,7 @@ def tacos_jobs(data_dir: Path, runs_dir: Path, sizes: Optional[Dict] = None,
     for arm, fields in arms.items():
         cfg = dict(data=str(root), dataset="tacos", seed=seed, batch_size=8,
                    out=str(Path(runs_dir) / f"tacos-{arm}-seed{seed}"), progress=False,
-                   **study.REFERENCE, **fields)
+                   cache_features=True, **study.REFERENCE, **fields)
         cfg.update(overrides or {})
         cfg["eval_every"] = cfg.get("epochs", TrainConfig.epochs)
         out.append(dict(setting="tacos", arm=arm, seed=seed, data_root=root, cfg=cfg))

@@ -111,6 +111,8 @@ class TrainConfig:
     # the training step's own threads (bench/README.md, "The training step", gives the
     # measurements).
     num_workers: int = 0
+    # keep the loaded features in memory (MomentDataset's `cache`): later epochs read no file
+    cache_features: bool = False
     device: str = "auto"
     out: str = "runs/default"
     progress: bool = True
@@ -244,6 +246,7 @@ def build_datasets(cfg: TrainConfig):
         text_feature=mr_data.FeatureSpec(*cfg.text_feature),
         clip_len=cfg.clip_len,
         max_clips=cfg.max_clips,
+        cache=cfg.cache_features,
     )
     load = mr_data.load_qvhighlights if layout == "qvhighlights" else mr_data.load_tacos
     train, val = load(root, cfg.train_split, **kw), load(root, cfg.val_split, **kw)

@@ -114,6 +114,26 @@ def test_item_fields_and_normalised_concatenation(small):
     np.testing.assert_array_equal(raw["text"].numpy(), texts[0])
 
 
+def test_cache_gives_the_same_items_and_reads_each_file_once(small, monkeypatch):
+    from cliptbp_kernels.pipeline import data
+
+    ann, feat, videos, texts, lines = small
+    plain = MomentDataset(ann, feat)
+    want = [plain[i] for i in range(len(plain))]
+    reads = []
+    real = data.load_feature
+    monkeypatch.setattr(data, "load_feature", lambda path, key: reads.append(path) or
+                        real(path, key))
+    cached = MomentDataset(ann, feat, cache=True)
+    for _ in range(3):  # three epochs
+        for i in range(len(cached)):
+            got = cached[i]
+            assert torch.equal(got["video"], want[i]["video"])
+            assert torch.equal(got["text"], want[i]["text"])
+            got["video"].fill_(7.0)  # a caller's in-place change never reaches the cache
+    assert len(reads) == len(set(reads)) == 2 * len(videos) + len(texts)
+
+
 def test_dir_order_and_single_dir(small):
     ann, feat, videos, _, _ = small
     rev = MomentDataset(ann, feat, video_features=QVH_VIDEO[::-1], normalize=False)[0]
