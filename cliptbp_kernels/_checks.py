@@ -107,8 +107,14 @@ def check_emb_labels(emb: object, labels: object, *, check_labels: bool = True) 
             f"emb and labels must be on the same device; got emb on {emb.device}, "
             f"labels on {labels.device}"
         )
-    if check_labels and labels.numel() > 0 and not torch.compiler.is_compiling():
-        low = int(labels.min())  # one device sync on a GPU; check_labels=False skips it
+    if check_labels:
+        check_label_values(labels)
+
+
+def check_label_values(labels: torch.Tensor) -> None:
+    """ValueError if a label is below -1 (one device sync on a GPU; skipped while compiling)."""
+    if labels.numel() > 0 and not torch.compiler.is_compiling():
+        low = int(labels.min())
         if low < -1:
             raise ValueError(
                 "labels must be -1 (padding), 0 (background) or a window id >= 1; "

@@ -34,6 +34,24 @@ def boundary_aux_loss(
 
     16-bit inputs are computed and returned in float32; float64 in float64.
     """
+    check_reduction(reduction)
+    check_process_group(process_group, reduction)
+    loss, denom = aux_terms(pred, target, mask, weights, beta)
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    if reduction == "sum":
+        return total
+    if process_group is not None:
+        return global_means([total], [denom], process_group)[0]
+    nonzero = denom > 0
+    safe = torch.where(nonzero, denom, denom.new_ones(()))
+    return torch.where(nonzero, total / safe, total.new_zeros(()))
+
+
+def aux_terms(pred, target, mask, weights, beta):
+    """(``mask * l`` elementwise, the mean's denominator: ``sum(mask)``, or the number of
+    elements without a mask), after checking every input (``boundary_aux_loss``'s)."""
     if not isinstance(pred, torch.Tensor):
         raise TypeError(f"pred must be a torch.Tensor, got {type(pred).__name__}")
     if not isinstance(target, torch.Tensor):
@@ -72,23 +90,6 @@ def boundary_aux_loss(
             m = mask.detach()
             if not bool(((m >= 0) & torch.isfinite(m)).all()):
                 raise ValueError("mask weights must be finite and >= 0")
-    check_reduction(reduction)
-    check_process_group(process_group, reduction)
-    loss, denom = aux_terms(pred, target, mask, weights, beta)
-    if reduction == "none":
-        return loss
-    total = loss.sum()
-    if reduction == "sum":
-        return total
-    if process_group is not None:
-        return global_means([total], [denom], process_group)[0]
-    nonzero = denom > 0
-    safe = torch.where(nonzero, denom, denom.new_ones(()))
-    return torch.where(nonzero, total / safe, total.new_zeros(()))
-
-
-def aux_terms(pred, target, mask, weights, beta):
-    """(``mask * l`` elementwise, the mean's denominator) of checked inputs."""
     ws, we, wc, wl = check_reals("weights", weights, 4, "(ws, we, wc, wl)", nonnegative=True)
     beta = check_real("beta", scalar_item(beta), nonnegative=True)
 

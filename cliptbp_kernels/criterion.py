@@ -18,7 +18,7 @@ from ._checks import (
     check_real,
 )
 from .api import boundary_margin_loss, clip_boundary_losses, clip_pair_loss, per_sample_terms
-from .aux_loss import boundary_aux_loss
+from .aux_loss import aux_terms, boundary_aux_loss
 from .distributed import (
     _all_reduce_sum,
     check_counts,
@@ -174,10 +174,8 @@ class ClipTBPLoss(nn.Module):
                     **call).items():
                 parts[name] = (loss.sum(), has.sum())
         if pred_spans is not None and self.w_aux != 0:
-            elems = boundary_aux_loss(pred_spans, target_spans, span_mask, reduction="none",
-                                      **self._aux_options())
-            denom = (span_mask.detach().sum() if span_mask is not None
-                     else elems.new_tensor(float(elems.numel())))
+            elems, denom = aux_terms(pred_spans, target_spans, span_mask, self.aux_weights,
+                                     self.aux_beta)
             parts["loss_aux"] = (elems.sum(), denom)
         if not parts:
             return {}
@@ -191,17 +189,19 @@ class ClipTBPLoss(nn.Module):
 
     def local_counts(self, labels: Tensor, span_mask: Optional[Tensor] = None) -> Tensor:
         """float64 ``[3]``: this batch's counts of samples with an ``L_clip``, with an
-        ``L_boun`` (:func:`cliptbp_kernels.loss_counts`) and the weight of its aux spans
-        (``span_mask``'s sum; pass a ones mask if forward gets none), 0 for unused terms."""
+        ``L_boun`` (:func:`cliptbp_kernels.distributed.loss_counts`) and the weight of its aux
+        spans (``span_mask``'s sum; pass a ones mask if forward gets none), 0 for unused
+        terms."""
+        if self.w_aux != 0 and span_mask is None:
+            raise ValueError("span_mask is required when w_aux != 0 (the aux term's count is "
+                             "the sum of its span mask; pass a ones mask if forward gets none)")
         n_clip, n_boun = loss_counts(labels, positives=self.clip_options["positives"],
                                      radius=self.boundary_options["radius"])
-        aux = labels.new_zeros((), dtype=torch.float64)
-        if self.w_aux != 0 and span_mask is not None:
-            aux = span_mask.detach().to(torch.float64).sum()
-        out = torch.stack([n_clip.to(torch.float64), n_boun.to(torch.float64), aux])
-        keep = torch.tensor([self.w_clip != 0, self.w_boun != 0, self.w_aux != 0],
-                            device=out.device)
-        return torch.where(keep, out, torch.zeros_like(out))
+        zero = torch.zeros((), dtype=torch.float64, device=labels.device)
+        return torch.stack([
+            n_clip.to(torch.float64) if self.w_clip != 0 else zero,
+            n_boun.to(torch.float64) if self.w_boun != 0 else zero,
+            span_mask.detach().to(torch.float64).sum() if self.w_aux != 0 else zero])
 
     def global_counts(self, labels: Union[Tensor, Sequence[Tensor]],
                       span_masks: Optional[Union[Tensor, Sequence[Tensor]]] = None) -> Tensor:
@@ -219,9 +219,6 @@ class ClipTBPLoss(nn.Module):
         if len(masks) != len(labels_list) or not labels_list:
             raise ValueError("labels and span_masks must be non-empty lists of one tensor per "
                              f"micro-batch; got {len(labels_list)} and {len(masks)}")
-        if self.w_aux != 0 and span_masks is None:
-            raise ValueError("span_masks is required when w_aux != 0 (the aux term's count "
-                             "is the sum of its span mask)")
         local = torch.stack([self.local_counts(lab, m)
                              for lab, m in zip(labels_list, masks)]).sum(0)
         return _all_reduce_sum(local, self.process_group)

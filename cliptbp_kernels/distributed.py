@@ -44,7 +44,7 @@ def check_process_group(process_group: object, reduction: str = "mean") -> None:
 
 
 def check_counts(counts: object, n_terms: int, process_group: object) -> None:
-    """Check precomputed global counts: a tensor of ``n_terms`` counts >= 0."""
+    """Check precomputed global counts: a tensor of shape ``(n_terms,)``, with a group."""
     if counts is None:
         return
     if process_group is None:
@@ -106,7 +106,7 @@ def loss_counts(labels: Tensor, *, positives: str = "any", radius: int = 1) -> T
     These are the counts the ``"mean"`` reductions divide by, except for a sample with a
     non-finite valid clip, which also counts (its loss, and so the mean, is NaN).
     """
-    from ._checks import check_choice, check_int
+    from ._checks import check_choice, check_int, check_label_values
     from ._options import LABEL_DTYPES, POSITIVES
     from .backends.reference import window_extents
 
@@ -117,11 +117,12 @@ def loss_counts(labels: Tensor, *, positives: str = "any", radius: int = 1) -> T
                          f"{labels.dtype} of shape {tuple(labels.shape)}")
     check_choice("positives", positives, POSITIVES)
     check_int("radius", radius, 1)
+    check_label_values(labels)
     B, T = labels.shape
     if B == 0 or T == 0:
         zero = torch.zeros((), dtype=torch.int64, device=labels.device)
         return zero, zero.clone()
-    lab = labels.to(torch.int64).clamp_min(-1)
+    lab = labels.to(torch.int64)
     gt = lab >= 1
     js, je, _, size = window_extents(lab.contiguous())  # each clip's window
     if positives == "any":

@@ -117,8 +117,9 @@ class FusedOps(NamedTuple):
 
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
-# Called with (backend name, emb) by every fused forward before its kernels run: the
-# first-use self-check (backends.selfcheck.guard, set by the registry). None: nothing.
+# Called with (backend name, emb) by the forward custom op before its kernels run (compiled
+# code, direct custom-op calls): the first-use self-check (backends.selfcheck.guard, set by
+# the registry). The eager path is checked by `resolve` instead. None: nothing.
 first_use: Optional[Callable[[str, Tensor], None]] = None
 
 
@@ -165,8 +166,6 @@ def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
         named tuple is built once, by the caller that wants names)."""
         if type(opts) is not FusedOptions:
             opts = FusedOptions._make(opts)
-        if first_use is not None:
-            first_use(name, emb)
         labels = labels.to(torch.int64).contiguous()
         T = labels.shape[1]
         if limits is not None:
@@ -203,6 +202,8 @@ def register_fused_backend(name: str, device_types, fwd_impl: ForwardLauncher,
     @torch.library.custom_op(f"{qual}_fwd", mutates_args=(), device_types=device_types,
                              schema=_FWD_SCHEMA)
     def fwd(emb, labels, *opts):
+        if first_use is not None:  # the eager path was checked when its backend was chosen
+            first_use(name, emb)
         return run_fwd(emb, labels, opts)
 
     @fwd.register_fake

@@ -64,6 +64,15 @@ def module_archs() -> Tuple[str, ...]:
 _ARCH = re.compile(r"^(\d+)([a-z]?)(-real|-virtual)?$")
 
 
+def _parse_arch(entry: str) -> Optional[Tuple[int, str, bool, bool]]:
+    """(number, arch-specific suffix, has SASS, has PTX) of a CMAKE_CUDA_ARCHITECTURES entry
+    ("90a-real": (90, "a", True, False)); None when it is not a number ("native", "all")."""
+    m = _ARCH.match(entry)
+    if m is None:
+        return None
+    return int(m.group(1)), m.group(2), m.group(3) != "-virtual", m.group(3) != "-real"
+
+
 def arch_support(entries: Sequence[str], capability: Tuple[int, int]) -> Optional[bool]:
     """Whether code compiled for `entries` runs on a GPU of compute `capability` (major,
     minor): SASS for sm_XY runs on the same major with a minor >= Y, PTX for compute_XY on any
@@ -71,31 +80,33 @@ def arch_support(entries: Sequence[str], capability: Tuple[int, int]) -> Optiona
     itself. None when an entry is not a number ("native", "all"): nothing to compare."""
     cap = 10 * capability[0] + capability[1]
     for entry in entries:
-        m = _ARCH.match(entry)
-        if m is None:
+        parsed = _parse_arch(entry)
+        if parsed is None:
             return None
-        n, specific, kind = int(m.group(1)), m.group(2) != "", m.group(3)
-        if kind != "-virtual" and (cap == n if specific else
-                                   (capability[0] == n // 10 and capability[1] >= n % 10)):
+        n, specific, sass, ptx = parsed
+        if sass and (cap == n if specific else
+                     (capability[0] == n // 10 and capability[1] >= n % 10)):
             return True
-        if kind != "-real" and (cap == n if specific else cap >= n):
+        if ptx and (cap == n if specific else cap >= n):
             return True
     return False
 
 
 def describe_archs(entries: Sequence[str]) -> str:
     """"sm_80, sm_90 and PTX compute_80, compute_90" for ("80", "90")."""
-    sass, ptx = [], []
+    sass_list, ptx_list = [], []
     for entry in entries:
-        m = _ARCH.match(entry)
-        if m is None:
-            sass.append(entry)
+        parsed = _parse_arch(entry)
+        if parsed is None:
+            sass_list.append(entry)
             continue
-        if m.group(3) != "-virtual":
-            sass.append(f"sm_{m.group(1)}{m.group(2)}")
-        if m.group(3) != "-real":
-            ptx.append(f"compute_{m.group(1)}{m.group(2)}")
-    return ", ".join(sass) + (" and PTX " + ", ".join(ptx) if ptx else " (no PTX)")
+        n, suffix, sass, ptx = parsed
+        if sass:
+            sass_list.append(f"sm_{n}{suffix}")
+        if ptx:
+            ptx_list.append(f"compute_{n}{suffix}")
+    return ", ".join(sass_list) + (" and PTX " + ", ".join(ptx_list) if ptx_list
+                                   else " (no PTX)")
 
 
 _arch_reason: Dict[int, Optional[str]] = {}

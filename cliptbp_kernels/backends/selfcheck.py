@@ -248,8 +248,9 @@ def passes(name: str, device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def guard(name: str, emb: Tensor) -> None:
-    """Called by every fused forward: checks an unchecked (backend, device, dtype) on its first
-    real call; raises if the backend failed (a compiled graph cannot switch backends)."""
+    """Called by the forward custom op: checks an unchecked (backend, device, dtype) on its
+    first real call; raises if the backend failed (a compiled graph cannot switch
+    backends)."""
     if getattr(_running, "active", False) or mode() == "off" or _recording(name):
         return
     known = _verdicts.get(_key(name, emb.device, emb.dtype))

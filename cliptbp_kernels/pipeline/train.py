@@ -374,6 +374,12 @@ def _rng_state(device: torch.device) -> Dict:
     return state
 
 
+def _rank_seed(seed: int, rank: int, epoch: int = 0) -> int:
+    """The seed of a rank's own generators (dropout): at the start, or after a resume with
+    another world size at `epoch`."""
+    return seed * 1_000_003 + epoch * 1_009 + rank
+
+
 def _restore_rng(saved, dctx: Dist, device: torch.device, seed: int, epoch: int) -> str:
     """Restore this rank's generators from a checkpoint's `rng` (a list of per-rank states,
     or one CPU state tensor from a checkpoint of an earlier version). Returns what was done.
@@ -384,7 +390,7 @@ def _restore_rng(saved, dctx: Dist, device: torch.device, seed: int, epoch: int)
     if isinstance(saved, torch.Tensor):
         saved = [{"cpu": saved}]
     if len(saved) != dctx.world:
-        torch.manual_seed(seed * 1_000_003 + epoch * 1_009 + dctx.rank)
+        torch.manual_seed(_rank_seed(seed, dctx.rank, epoch))
         return (f"checkpoint of {len(saved)} process(es), this run has {dctx.world}: "
                 "generators seeded from (seed, epoch, rank), dropout draws differ from an "
                 "uninterrupted run")
@@ -394,7 +400,7 @@ def _restore_rng(saved, dctx: Dist, device: torch.device, seed: int, epoch: int)
         if "cuda" in mine:
             torch.cuda.set_rng_state(mine["cuda"].cpu(), device)
         else:
-            torch.cuda.manual_seed(seed * 1_000_003 + epoch * 1_009 + dctx.rank)
+            torch.cuda.manual_seed(_rank_seed(seed, dctx.rank, epoch))
             return "checkpoint written without CUDA: the CUDA generator is seeded afresh"
     return "generators restored"
 
@@ -437,7 +443,7 @@ def _train(cfg: TrainConfig, resume: bool, stop_after: Optional[int], dctx: Dist
         net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
         # each rank its own dropout stream (the initialisation above is the same everywhere)
-        torch.manual_seed(cfg.seed * 1_000_003 + dctx.rank)
+        torch.manual_seed(_rank_seed(cfg.seed, dctx.rank))
     pg = dctx.group
     criterion = None
     if cfg.cliptbp:

@@ -145,6 +145,8 @@ def test_process_group_errors():
         ClipTBPLoss().global_counts(labels)
     with pytest.raises(TypeError, match="labels must be a torch.Tensor"):
         loss_counts([[0, 1]])
+    with pytest.raises(ValueError, match="found -2"):
+        loss_counts(torch.tensor([[0, 1, 1, -2]]))
 
 
 def test_process_group_type_and_reduction_errors(tmp_path):
@@ -161,6 +163,11 @@ def test_process_group_type_and_reduction_errors(tmp_path):
                                     process_group=dist.group.WORLD)
         with pytest.raises(ValueError, match="reduction='mean'"):
             ClipTBPLoss(reduction="sum", process_group=dist.group.WORLD)
+        crit = ClipTBPLoss(process_group=dist.group.WORLD)
+        for masks in (None, [labels >= 1, None]):  # the aux count needs every span mask
+            with pytest.raises(ValueError, match="span_mask is required"):
+                crit.global_counts([labels, labels], masks)
+        assert crit.global_counts([labels], [labels >= 1]).tolist() == [2.0, 2.0, 4.0]
         # one rank: the global mean is the per-call mean
         a = ck.clip_pair_loss(emb, labels, process_group=dist.group.WORLD)
         torch.testing.assert_close(a, ck.clip_pair_loss(emb, labels))
