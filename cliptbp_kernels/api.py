@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -82,14 +82,10 @@ def clip_pair_loss(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.0
     Returns:
         float32 loss (float64 for float64 input): a scalar, or ``[B]`` for ``"none"``.
     """
-    check_emb_labels(emb, labels, check_labels=check_labels)
-    check_clip_options(k, tau, positives, negatives)
-    check_reduction(reduction)
-    check_backend(backend)
-    check_process_group(process_group, reduction)
-    opts = _options(k, tau, positives, negatives, want_boun=False)
-    lc, hc, _, _ = _per_sample(emb, labels, backend, opts)
-    return _reduce_all([(lc, hc)], reduction, process_group)[0]
+    return _reduced_terms(emb, labels, reduction, process_group, backend=backend,
+                          check_labels=check_labels,
+                          clip_options=dict(k=k, tau=tau, positives=positives,
+                                            negatives=negatives))[0]
 
 
 def boundary_margin_loss(emb: Tensor, labels: Tensor, *, radius: int = 1,
@@ -107,15 +103,11 @@ def boundary_margin_loss(emb: Tensor, labels: Tensor, *, radius: int = 1,
             margin_scale * (je - js) / n_valid)``.
         reduction, backend, check_labels, process_group: as for :func:`clip_pair_loss`.
     """
-    check_emb_labels(emb, labels, check_labels=check_labels)
-    check_boundary_options(radius, margin_max, margin_base, margin_scale)
-    check_reduction(reduction)
-    check_backend(backend)
-    check_process_group(process_group, reduction)
-    opts = _options(radius=radius, margin_max=margin_max, margin_base=margin_base,
-                    margin_scale=margin_scale, want_clip=False)
-    _, _, lb, hb = _per_sample(emb, labels, backend, opts)
-    return _reduce_all([(lb, hb)], reduction, process_group)[0]
+    return _reduced_terms(emb, labels, reduction, process_group, backend=backend,
+                          check_labels=check_labels,
+                          boundary_options=dict(radius=radius, margin_max=margin_max,
+                                                margin_base=margin_base,
+                                                margin_scale=margin_scale))[0]
 
 
 def clip_boundary_losses(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float = 0.07,
@@ -126,35 +118,49 @@ def clip_boundary_losses(emb: Tensor, labels: Tensor, *, k: int = 20, tau: float
                          process_group=None) -> Tuple[Tensor, Tensor]:
     """``(L_clip, L_boun)`` from one pass over ``emb``; options as in the two functions
     (with ``process_group``, both global means come from one all-reduce)."""
-    check_emb_labels(emb, labels, check_labels=check_labels)
-    check_clip_options(k, tau, positives, negatives)
-    check_boundary_options(radius, margin_max, margin_base, margin_scale)
-    check_reduction(reduction)
-    check_backend(backend)
-    check_process_group(process_group, reduction)
-    opts = _options(k, tau, positives, negatives, radius, margin_max, margin_base, margin_scale)
-    lc, hc, lb, hb = _per_sample(emb, labels, backend, opts)
-    return _reduce_all([(lc, hc), (lb, hb)], reduction, process_group)
+    return _reduced_terms(emb, labels, reduction, process_group, backend=backend,
+                          check_labels=check_labels,
+                          clip_options=dict(k=k, tau=tau, positives=positives,
+                                            negatives=negatives),
+                          boundary_options=dict(radius=radius, margin_max=margin_max,
+                                                margin_base=margin_base,
+                                                margin_scale=margin_scale))
 
 
-def per_sample_terms(emb: Tensor, labels: Tensor, *, want_clip: bool, want_boun: bool,
-                     clip_options: dict, boundary_options: dict, backend: str,
-                     check_labels: bool) -> dict:
-    """Checked ``{"loss_clip": (loss [B], has [B]), "loss_boun": ...}`` of the wanted terms
-    (one fused pass), for callers that reduce them together (``ClipTBPLoss``)."""
+def per_sample_terms(emb: Tensor, labels: Tensor, *, backend: str, check_labels: bool,
+                     clip_options: Optional[dict] = None,
+                     boundary_options: Optional[dict] = None) -> Dict[str, Tuple[Tensor, Tensor]]:
+    """Checked ``{"loss_clip": (loss [B], has [B]), "loss_boun": ...}`` from one pass over
+    ``emb``: ``L_clip`` when ``clip_options`` (``k``, ``tau``, ``positives``, ``negatives``)
+    are given, ``L_boun`` when ``boundary_options`` (``radius``, ``margin_*``) are. Every
+    input is checked before a kernel runs. The losses above reduce it; ``ClipTBPLoss`` too."""
+    if clip_options is None and boundary_options is None:
+        raise ValueError("per_sample_terms needs clip_options, boundary_options or both")
     check_emb_labels(emb, labels, check_labels=check_labels)
-    check_clip_options(**clip_options)
-    check_boundary_options(**boundary_options)
+    if clip_options is not None:
+        check_clip_options(**clip_options)
+    if boundary_options is not None:
+        check_boundary_options(**boundary_options)
     check_backend(backend)
-    opts = _options(**clip_options, **boundary_options, want_clip=want_clip,
-                    want_boun=want_boun)
+    opts = _options(**(clip_options or {}), **(boundary_options or {}),
+                    want_clip=clip_options is not None, want_boun=boundary_options is not None)
     lc, hc, lb, hb = _per_sample(emb, labels, backend, opts)
     out = {}
-    if want_clip:
+    if clip_options is not None:
         out["loss_clip"] = (lc, hc)
-    if want_boun:
+    if boundary_options is not None:
         out["loss_boun"] = (lb, hb)
     return out
+
+
+def _reduced_terms(emb: Tensor, labels: Tensor, reduction: str, process_group,
+                   **terms) -> Tuple[Tensor, ...]:
+    """:func:`per_sample_terms` reduced (``_reduce_all``), with the reduction and the process
+    group checked first."""
+    check_reduction(reduction)
+    check_process_group(process_group, reduction)
+    return _reduce_all(per_sample_terms(emb, labels, **terms).values(), reduction,
+                       process_group)
 
 
 def hard_negative_pairs(emb: Tensor, labels: Tensor, *, k: int = 20, positives: str = "any",

@@ -17,7 +17,7 @@ from ._checks import (
     check_clip_options,
     check_real,
 )
-from .api import boundary_margin_loss, clip_boundary_losses, clip_pair_loss, per_sample_terms
+from .api import _reduce_all, per_sample_terms
 from .aux_loss import aux_terms, boundary_aux_loss
 from .distributed import (
     _all_reduce_sum,
@@ -102,18 +102,12 @@ class ClipTBPLoss(nn.Module):
             raise ValueError("pred_spans and target_spans must be given together")
         check_counts(counts, len(_TERMS), self.process_group)
         out: Dict[str, Tensor] = {}
+        parts = self._per_sample(emb, labels)
         if self.process_group is not None:
-            out.update(self._global_terms(emb, labels, pred_spans, target_spans, span_mask,
-                                          counts))
-        elif self.w_clip != 0 and self.w_boun != 0:
-            out["loss_clip"], out["loss_boun"] = clip_boundary_losses(
-                emb, labels, **self.clip_options, **self.boundary_options, **self.call_options)
-        elif self.w_clip != 0:
-            out["loss_clip"] = clip_pair_loss(emb, labels, **self.clip_options,
-                                              **self.call_options)
-        elif self.w_boun != 0:
-            out["loss_boun"] = boundary_margin_loss(emb, labels, **self.boundary_options,
-                                                    **self.call_options)
+            out.update(self._global_terms(parts, pred_spans, target_spans, span_mask, counts))
+        else:
+            out.update(zip(parts, _reduce_all(parts.values(), self.call_options["reduction"],
+                                              None)))
         dtype = torch.float64 if emb.dtype == torch.float64 else torch.float32
         total = emb.new_zeros((), dtype=dtype)
         if "loss_clip" in out:
@@ -162,17 +156,20 @@ class ClipTBPLoss(nn.Module):
     def _aux_options(self) -> dict:
         return dict(weights=self.aux_weights, beta=self.aux_beta)
 
-    def _global_terms(self, emb, labels, pred_spans, target_spans, span_mask,
+    def _per_sample(self, emb: Tensor, labels: Tensor) -> Dict[str, tuple]:
+        """``per_sample_terms`` of the fused terms with a non-zero weight ({} when none)."""
+        if self.w_clip == 0 and self.w_boun == 0:
+            return {}
+        return per_sample_terms(
+            emb, labels, backend=self.call_options["backend"],
+            check_labels=self.call_options["check_labels"],
+            clip_options=self.clip_options if self.w_clip != 0 else None,
+            boundary_options=self.boundary_options if self.w_boun != 0 else None)
+
+    def _global_terms(self, per_sample: Dict[str, tuple], pred_spans, target_spans, span_mask,
                       counts) -> Dict[str, Tensor]:
         """The ClipTBP terms as global means over the process group (one all-reduce)."""
-        parts = {}
-        if self.w_clip != 0 or self.w_boun != 0:
-            call = {k: v for k, v in self.call_options.items() if k != "reduction"}
-            for name, (loss, has) in per_sample_terms(
-                    emb, labels, want_clip=self.w_clip != 0, want_boun=self.w_boun != 0,
-                    clip_options=self.clip_options, boundary_options=self.boundary_options,
-                    **call).items():
-                parts[name] = (loss.sum(), has.sum())
+        parts = {name: (loss.sum(), has.sum()) for name, (loss, has) in per_sample.items()}
         if pred_spans is not None and self.w_aux != 0:
             elems, denom = aux_terms(pred_spans, target_spans, span_mask, self.aux_weights,
                                      self.aux_beta)

@@ -90,7 +90,7 @@ def checks(rows: List[Dict]) -> List[Dict]:
         for dtype in DTYPES:
             res = selfcheck.compare(r["backend"], torch.device(r["device"]), dtype)
             out.append({"backend": r["backend"], "device": r["device"],
-                        "dtype": str(dtype).replace("torch.", ""), "ok": res.ok,
+                        "dtype": selfcheck.dtype_name(dtype), "ok": res.ok,
                         "worst": res.worst, "seconds": round(res.seconds, 4)})
             print(f"  {r['backend']:>9} on {r['device']:<7} {out[-1]['dtype']:<9} "
                   f"{'ok' if res.ok else 'MISMATCH: ' + res.worst} ({res.seconds:.2f} s)",

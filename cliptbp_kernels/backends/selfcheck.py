@@ -81,6 +81,17 @@ def arch(device: torch.device) -> Optional[str]:
     return f"sm_{major}{minor}"
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for torch.float32."""
+    return str(dtype).replace("torch.", "")
+
+
+def _failed(name: str, device: torch.device, dtype: torch.dtype, worst: str) -> str:
+    """The start of the failure message: which backend failed where, and by how much."""
+    return (f"cliptbp_kernels: backend {name!r} failed its self-check on {device} "
+            f"({dtype_name(dtype)}): {worst}")
+
+
 def reset() -> None:
     """Forget every verdict (tests)."""
     with _lock:
@@ -240,9 +251,8 @@ def passes(name: str, device: torch.device, dtype: torch.dtype) -> bool:
         _verdicts[key] = result
     if first_failure:
         warnings.warn(
-            f"cliptbp_kernels: backend {name!r} failed its self-check on {device} "
-            f"({str(dtype).replace('torch.', '')}): {result.worst}. This process uses the "
-            f"next backend of the 'auto' order, or the reference, instead. Please "
+            f"{_failed(name, device, dtype, result.worst)}. This process uses the next "
+            f"backend of the 'auto' order, or the reference, instead. Please "
             f"{REPORT_TO}.", SelfCheckWarning, stacklevel=4)
     return result.ok
 
@@ -257,8 +267,7 @@ def guard(name: str, emb: Tensor) -> None:
     if known is not None:
         if not known.ok:
             raise RuntimeError(
-                f"cliptbp_kernels: backend {name!r} failed its self-check on {emb.device} "
-                f"({str(emb.dtype).replace('torch.', '')}): {known.worst}; this call "
+                f"{_failed(name, emb.device, emb.dtype, known.worst)}; this call "
                 "(compiled or a direct custom-op call) cannot switch backends: use "
                 f"backend='reference' or another backend. Please {REPORT_TO}.")
         return

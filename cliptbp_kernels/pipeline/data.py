@@ -29,7 +29,7 @@ import numbers
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -326,11 +326,7 @@ class MomentDataset(torch.utils.data.Dataset):
 
     def load_video(self, vid: str) -> np.ndarray:
         """[n, Dv] float32: the video feature dirs, normalised, truncated and concatenated."""
-        if self.cache:
-            if vid not in self._videos:
-                self._videos[vid] = self._read_video(vid)
-            return self._videos[vid].copy()
-        return self._read_video(vid)
+        return self._cached(self._videos, vid, self._read_video)
 
     def _read_video(self, vid: str) -> np.ndarray:
         feats = []
@@ -347,11 +343,15 @@ class MomentDataset(torch.utils.data.Dataset):
 
     def load_text(self, qid) -> np.ndarray:
         """[L, Dt] float32 token features of a query, truncated to ``max_text_len``."""
-        if self.cache:
-            if qid not in self._texts:
-                self._texts[qid] = self._read_text(qid)
-            return self._texts[qid].copy()
-        return self._read_text(qid)
+        return self._cached(self._texts, qid, self._read_text)
+
+    def _cached(self, store: Dict, key, read: Callable[[Any], np.ndarray]) -> np.ndarray:
+        """`read(key)`, or with `cache` a copy of the array kept in `store` (read once)."""
+        if not self.cache:
+            return read(key)
+        if key not in store:
+            store[key] = read(key)
+        return store[key].copy()
 
     def _read_text(self, qid) -> np.ndarray:
         path = self.text_path(qid)

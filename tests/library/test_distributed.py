@@ -124,7 +124,7 @@ def test_loss_counts_match_the_losses(rows, positives, radius):
     from cliptbp_kernels.api import per_sample_terms
 
     parts = per_sample_terms(
-        emb, labels, want_clip=True, want_boun=True, backend="reference", check_labels=True,
+        emb, labels, backend="reference", check_labels=True,
         clip_options=dict(k=3, tau=0.1, positives=positives, negatives="cross"),
         boundary_options=dict(radius=radius, margin_max=0.3, margin_base=0.1,
                               margin_scale=0.1))
