@@ -1,13 +1,19 @@
-"""Rank processes of the distributed tests (tests/library/test_distributed.py).
+"""Rank processes of the distributed tests (tests/library/test_distributed.py and
+tests/pipeline/test_distributed_train.py).
 
 `spawn(fn, world, tmp, *args)` starts `world` gloo processes that rendezvous through a file
 in `tmp`; each runs `fn(rank, world, tmp, *args)` and saves what it returns to
-`tmp/rank{r}.pt`; the parent gets the list of those results.
+`tmp/rank{r}.pt`; the parent gets the list of those results. A rank that fails leaves its
+Python traceback in `tmp/rank{r}.err`; one that dies on a signal (a crash in native code)
+leaves every thread's Python stack, and the step it had reached, in `tmp/rank{r}.fault`;
+`spawn` puts both into its error.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 import traceback
 from pathlib import Path
 
@@ -19,17 +25,48 @@ D_IN, D = 6, 5
 
 
 def _entry(rank: int, world: int, tmp: str, fn, args) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
-                            world_size=world)
+    """One rank: run `fn`, save its result, destroy the process group, then leave through
+    `os._exit` (exit status 0, or 1 after an exception, whose traceback is in rank{r}.err).
+
+    Why not a normal interpreter shutdown: torch keeps a gloo process group that DDP or a
+    functional collective has used alive after `destroy_process_group` (its worker threads
+    run on), so they live into the interpreter's shutdown; a worker that drops the last
+    reference to a Python-owned tensor then takes the GIL, CPython ends that thread with
+    `pthread_exit`, and the unwinding through a C++ destructor aborts the whole process
+    ("terminate called without an active exception", SIGABRT). That is rare (a worker that
+    the scheduler held back past the rank's last lines) but real on a busy machine; with
+    `os._exit` there is no shutdown to race with, and nothing is left to do by then."""
+    fault = open(Path(tmp) / f"rank{rank}.fault", "w")  # open until the process ends
+    faulthandler.enable(file=fault, all_threads=True)
+
+    def step(what: str) -> None:
+        fault.write(f"step: {what}\n")
+        fault.flush()
+
+    status = 1
     try:
-        out = fn(rank, world, tmp, *args)
-        torch.save(out, Path(tmp) / f"rank{rank}.pt")
+        torch.set_num_threads(1)
+        step("init_process_group")
+        dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank,
+                                world_size=world)
+        try:
+            step(fn.__name__)
+            out = fn(rank, world, tmp, *args)
+            step("save")
+            torch.save(out, Path(tmp) / f"rank{rank}.pt")
+            status = 0
+        finally:
+            step("destroy_process_group")
+            dist.destroy_process_group()
     except BaseException:
+        status = 1
         (Path(tmp) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-    finally:
-        dist.destroy_process_group()
+    step(f"exit {status}")
+    faulthandler.disable()
+    fault.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def spawn(fn, world: int, tmp, *args) -> list:
@@ -38,7 +75,9 @@ def spawn(fn, world: int, tmp, *args) -> list:
     try:
         mp.spawn(_entry, args=(world, tmp, fn, args), nprocs=world, join=True)
     except Exception as e:  # name the failing rank's traceback
-        errs = "".join(p.read_text() for p in sorted(Path(tmp).glob("rank*.err")))
+        errs = "".join(f"---- {p.name}\n{p.read_text()}"
+                       for p in sorted(Path(tmp).glob("rank*.err"))
+                       + sorted(Path(tmp).glob("rank*.fault")))
         raise AssertionError(f"a rank failed:\n{errs}") from e
     return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
@@ -175,3 +214,15 @@ def compiled_ddp(rank, world, tmp, backend):
     loss.backward()
     return {"loss": loss.detach(), "grads": {n: q.grad.clone()
                                              for n, q in model.named_parameters()}}
+
+
+# ---- ranks that fail, for the tests of spawn's error ----
+
+def fail_on(rank, world, tmp, bad_rank, how):
+    """Rank `bad_rank` fails: `how` = "raise" (a Python exception) or "abort" (SIGABRT, as a
+    crash in native code would); the others return their rank."""
+    if rank == bad_rank:
+        if how == "raise":
+            raise ValueError(f"rank {rank} failed on purpose")
+        os.abort()
+    return rank

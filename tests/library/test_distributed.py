@@ -185,3 +185,25 @@ def test_compiled_ddp_model(tmp_path):
         _close(r["loss"], loss.detach(), **tol)
         for n, q in model.named_parameters():
             _close(r["grads"][n], q.grad, **tol)
+
+
+def test_spawn_returns_each_ranks_result(tmp_path):
+    assert dw.spawn(dw.fail_on, 2, tmp_path, -1, "raise") == [0, 1]
+
+
+def test_spawn_names_a_rank_that_raised(tmp_path):
+    with pytest.raises(AssertionError) as e:
+        dw.spawn(dw.fail_on, 2, tmp_path, 1, "raise")
+    text = str(e.value)
+    assert "ValueError: rank 1 failed on purpose" in text  # rank1.err: the traceback
+    assert "step: exit 1" in text  # rank1.fault: it got through destroy_process_group
+
+
+def test_spawn_names_where_a_rank_crashed(tmp_path):
+    """A rank that dies on a signal leaves the step it was in and its Python stack."""
+    with pytest.raises(AssertionError) as e:
+        dw.spawn(dw.fail_on, 2, tmp_path, 0, "abort")
+    text = str(e.value)
+    assert "---- rank0.fault\nstep: init_process_group\nstep: fail_on\n" in text
+    assert "Fatal Python error: Aborted" in text
+    assert "in fail_on" in text  # the stack of the thread that aborted
