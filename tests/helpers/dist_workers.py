@@ -43,7 +43,6 @@ def _entry(rank: int, world: int, tmp: str, fn, args) -> None:
         fault.write(f"step: {what}\n")
         fault.flush()
 
-    status = 1
     try:
         torch.set_num_threads(1)
         step("init_process_group")
